@@ -1,0 +1,27 @@
+"""zaremba_ref: a reference implementation of Zaremba, Sutskever & Vinyals (2014),
+"Recurrent Neural Network Regularization", in NumPy (and CuPy), with forward and
+backward through time written out by hand.
+
+The oracle contract (kept stable)::
+
+    init_params(V, H, L, init_scale, seed, dtype) -> params
+    loss_and_grads(params, inputs, targets, state, masks, ...) -> (loss, grads, final_state)
+    params_from_torch(state_dict), params_to_torch(params_or_grads)
+    check_gradients(params, inputs, targets, ...) -> {name: relative error}
+"""
+
+from .backend import CPU, Backend, BackendUnavailable, get_backend
+from .dropout import MODES, draw_masks, num_masks
+from .gradcheck import check_gradients
+from .model import init_params, loss_and_grads, loss_only, param_names, zero_state
+from .optim import clip_factor, global_norm, learning_rate, sgd_step
+from .oracle import params_from_torch, params_to_torch
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend", "BackendUnavailable", "CPU", "MODES", "check_gradients", "clip_factor",
+    "draw_masks", "get_backend", "global_norm", "init_params", "learning_rate",
+    "loss_and_grads", "loss_only", "num_masks", "param_names", "params_from_torch",
+    "params_to_torch", "sgd_step", "zero_state",
+]

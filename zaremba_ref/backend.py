@@ -1,0 +1,75 @@
+"""The array backend, chosen once and passed down: NumPy on the CPU, CuPy on the GPU.
+
+A :class:`Backend` bundles the array module ``xp`` with the elementwise kernels
+(``kernels.py`` on the CPU, their CUDA twins in ``cuda_kernels.py`` on the GPU). The
+model code only ever calls ``backend.xp.<fn>`` and ``backend.<kernel>``; it never
+imports numpy or cupy by itself and never asks which one it has.
+
+``import zaremba_ref`` never imports cupy: :func:`get_backend("gpu")` does, on demand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Callable
+
+import numpy as np
+
+from . import kernels
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested device cannot be used here (the message says why and the fix)."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """An array module and the kernels that run on its arrays."""
+
+    name: str                                  # "cpu" or "gpu"
+    xp: ModuleType                             # numpy or cupy
+    lstm_cell_forward: Callable[..., None]
+    lstm_cell_backward: Callable[..., None]
+    dropout: Callable[..., Any]
+    softmax_cross_entropy_grad: Callable[..., Any]
+    sgd_update: Callable[..., None]
+    scatter_add: Callable[..., None]           # a[indices] += values, repeats accumulate
+
+    def asarray(self, a: Any, dtype: Any = None) -> Any:
+        """Move a host array (or anything array-like) onto this backend."""
+        return self.xp.asarray(a, dtype=dtype)
+
+    def to_numpy(self, a: Any) -> np.ndarray:
+        """Bring an array of this backend back to the host as a NumPy array."""
+        return a.get() if hasattr(a, "get") else np.asarray(a)
+
+    def rng(self, seed: int | None) -> Any:
+        """A seeded random generator for this backend (used for dropout masks)."""
+        return self.xp.random.default_rng(seed)
+
+
+CPU = Backend(
+    name="cpu",
+    xp=np,
+    lstm_cell_forward=kernels.lstm_cell_forward,
+    lstm_cell_backward=kernels.lstm_cell_backward,
+    dropout=kernels.dropout,
+    softmax_cross_entropy_grad=kernels.softmax_cross_entropy_grad,
+    sgd_update=kernels.sgd_update,
+    scatter_add=np.add.at,
+)
+
+
+def get_backend(device: str = "cpu") -> Backend:
+    """The backend for ``device`` ("cpu" or "gpu").
+
+    Raises :class:`BackendUnavailable` with a one-line reason and fix when the GPU
+    cannot be used (cupy missing, or no CUDA device visible).
+    """
+    if device == "cpu":
+        return CPU
+    if device == "gpu":
+        from .cuda_backend import make_gpu_backend  # imports cupy, only here
+        return make_gpu_backend()
+    raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")

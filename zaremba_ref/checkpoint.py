@@ -1,0 +1,84 @@
+"""Checkpoints: one ``.npz`` holding everything needed to resume bit for bit.
+
+Contents (all plain arrays, loaded with ``allow_pickle=False``; never pickle):
+
+    param/<name>        every parameter, as in ``init_params``
+    state/<l>/h, /c     the LSTM state carried into the next window (B, H)
+    meta                a JSON string: format, config, epoch, step, lr, the random
+                        generator's state, running sums for the epoch's train ppl
+    vocab               the vocabulary (id -> word), for ``sample``
+
+Writing is atomic: a temporary file in the same directory, flushed and fsynced,
+then ``os.replace`` over the old checkpoint, so the previous good checkpoint stays
+until the new one is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = "zaremba_ref.checkpoint.v1"
+FILENAME = "checkpoint.npz"
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used (the message names the file and the problem)."""
+
+
+def checkpoint_path(path: str | os.PathLike) -> Path:
+    """A run directory or a checkpoint file -> the checkpoint file."""
+    p = Path(path)
+    return p / FILENAME if p.is_dir() else p
+
+
+def save_checkpoint(path: str | os.PathLike, params: dict[str, np.ndarray],
+                    state: list, meta: dict[str, Any], vocab: list[str] | None = None) -> Path:
+    """Write the checkpoint atomically to ``path`` (a file, or a directory + FILENAME)."""
+    path = checkpoint_path(path)
+    arrays = {f"param/{k}": np.asarray(v) for k, v in params.items()}
+    for l, (h, c) in enumerate(state, start=1):
+        arrays[f"state/{l}/h"], arrays[f"state/{l}/c"] = np.asarray(h), np.asarray(c)
+    arrays["meta"] = np.array(json.dumps({"format": FORMAT, **meta}))
+    if vocab is not None:
+        arrays["vocab"] = np.array(vocab)
+    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict, list, dict, list[str] | None]:
+    """Read a checkpoint -> (params, state, meta, vocab). Raises CheckpointError."""
+    path = checkpoint_path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no checkpoint there; train first, or pass the run "
+                              "directory that holds checkpoint.npz")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        meta = json.loads(str(arrays.pop("meta")))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{path}: truncated or corrupted checkpoint ({e}); "
+                              "delete it to start over, or point to a good one") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a {FORMAT} checkpoint (format "
+                              f"{meta.get('format')!r})")
+    params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
+    L = sum(1 for k in arrays if k.startswith("state/") and k.endswith("/h"))
+    state = [(arrays[f"state/{l}/h"], arrays[f"state/{l}/c"]) for l in range(1, L + 1)]
+    vocab = [str(w) for w in arrays["vocab"]] if "vocab" in arrays else None
+    return params, state, meta, vocab

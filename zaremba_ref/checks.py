@@ -1,0 +1,82 @@
+"""Argument checks for the model's public functions, kept out of the math.
+
+Every problem raises ``ValueError`` naming the argument and the expected shape,
+before anything is computed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .dropout import MODES, num_masks
+
+
+def _shape(a: Any) -> tuple:
+    return tuple(getattr(a, "shape", ()))
+
+
+def check_params(params: dict) -> tuple[int, int, int]:
+    """(V, H, L) of a parameter dict, after checking that its shapes agree."""
+    from .model import num_layers_of, param_names  # model imports this module
+    if not isinstance(params, dict) or "embedding" not in params:
+        raise ValueError("params must be the dict returned by init_params()")
+    V, H = _shape(params["embedding"])
+    L = num_layers_of(params)
+    expected = {"embedding": (V, H), "softmax.W": (V, H), "softmax.b": (V,)}
+    for l in range(1, L + 1):
+        expected.update({f"l{l}.W_x": (4 * H, H), f"l{l}.W_h": (4 * H, H),
+                         f"l{l}.b_x": (4 * H,), f"l{l}.b_h": (4 * H,)})
+    missing = [k for k in param_names(L) if k not in params]
+    if missing or L < 1:
+        raise ValueError(f"params is missing {missing or 'every layer'}; "
+                         "build it with init_params()")
+    for k, shape in expected.items():
+        if _shape(params[k]) != shape:
+            raise ValueError(f"params[{k!r}] has shape {_shape(params[k])}, expected {shape}")
+    return V, H, L
+
+
+def check_call(params, inputs, targets, state, masks, dropout, mode, rng, dstate, backend):
+    """Check one call of loss_and_grads / loss_only; return the state (zeros if None)."""
+    from .model import zero_state
+    V, H, L = check_params(params)
+    xp = backend.xp
+    for name, a in (("inputs", inputs), ("targets", targets)):
+        if len(_shape(a)) != 2 or not xp.issubdtype(a.dtype, xp.integer):
+            raise ValueError(f"{name} must be an integer array shaped (batch, steps), "
+                             f"got {getattr(a, 'dtype', type(a).__name__)} {_shape(a)}")
+        if a.size == 0:
+            raise ValueError(f"{name} must not be empty, got shape {_shape(a)}")
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 0 or hi >= V:
+            raise ValueError(f"{name} holds token ids in [{lo}, {hi}], expected ids in "
+                             f"[0, {V - 1}] (vocabulary size {V})")
+    B, T = _shape(inputs)
+    if _shape(targets) != (B, T):
+        raise ValueError(f"targets has shape {_shape(targets)}, expected {(B, T)} like inputs")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if masks is not None:
+        n = num_masks(mode, L)
+        if len(masks) != n:
+            raise ValueError(f"masks must be a list of {n} arrays in {mode!r} mode with "
+                             f"{L} layers, got {len(masks)}")
+        for k, m in enumerate(masks):
+            if _shape(m) != (B, T, H):
+                raise ValueError(f"masks[{k}] has shape {_shape(m)}, expected "
+                                 f"(batch, steps, hidden) = {(B, T, H)}")
+    elif dropout > 0 and mode != "none" and rng is None:
+        raise ValueError("dropout > 0 needs rng (a seeded generator) or explicit masks")
+    for name, s in (("state", state), ("dstate", dstate)):
+        if s is None:
+            continue
+        if len(s) != L or any(len(pair) != 2 for pair in s):
+            raise ValueError(f"{name} must be a list of {L} (h, c) pairs, one per layer")
+        for l, pair in enumerate(s):
+            for which, a in zip("hc", pair):
+                if _shape(a) != (B, H):
+                    raise ValueError(f"{name}[{l}] {which} has shape {_shape(a)}, "
+                                     f"expected (batch, hidden) = {(B, H)}")
+    return zero_state(params, B, backend) if state is None else state

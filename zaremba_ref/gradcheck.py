@@ -1,0 +1,79 @@
+"""Finite-difference check of ``loss_and_grads``: the proof behind every gradient.
+
+For a parameter entry p, the central difference of fourth order::
+
+    dJ/dp ~ [ -J(p+2e) + 8 J(p+e) - 8 J(p-e) + J(p-2e) ] / (12 e)
+
+in float64, where J is the objective whose gradient ``loss_and_grads`` returns: the
+mean NLL plus, when ``dstate`` is given, sum_l <dh_T^l, h_T^l> + <dc_T^l, c_T^l>
+(a random weighting of the final state, so that the paths into h_T and c_T are
+checked too). The initial state (h_0, c_0 of every layer) is checked like a parameter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .model import loss_and_grads
+
+
+def _objective(params, inputs, targets, state, masks, mode, dstate) -> float:
+    loss, _, final = loss_and_grads(params, inputs, targets, state, masks, mode=mode)
+    if dstate is not None:
+        loss += sum(float(np.vdot(dh, h)) + float(np.vdot(dc, c))
+                    for (dh, dc), (h, c) in zip(dstate, final))
+    return loss
+
+
+def check_gradients(params: dict[str, np.ndarray], inputs: np.ndarray, targets: np.ndarray,
+                    state: list | None = None, masks: list | None = None, *,
+                    mode: str = "zaremba", dstate: list | None = None, eps: float = 1e-4,
+                    max_entries: int = 40, seed: int = 0) -> dict[str, float]:
+    """Compare ``loss_and_grads`` with finite differences, in float64.
+
+    Up to ``max_entries`` entries of each tensor are checked (all of them if it is
+    smaller, a random sample otherwise). Returns, for every parameter name and for
+    ``state.{l}.h`` / ``state.{l}.c``, the relative error
+    max|analytic - numeric| / max(max|analytic|, max|numeric|) over the entries
+    checked (0 where both are 0).
+    """
+    f64 = lambda a: np.array(a, dtype=np.float64)  # noqa: E731  (copies: we perturb in place)
+    params = {k: f64(v) for k, v in params.items()}
+    B = inputs.shape[0]
+    H = params["softmax.W"].shape[1]
+    L = sum(1 for k in params if k.endswith(".W_h"))
+    state = ([(np.zeros((B, H)), np.zeros((B, H))) for _ in range(L)] if state is None
+             else [(f64(h), f64(c)) for h, c in state])
+    masks = None if masks is None else [f64(m) for m in masks]
+    dstate = None if dstate is None else [(f64(h), f64(c)) for h, c in dstate]
+
+    _, grads, _ = loss_and_grads(params, inputs, targets, state, masks, mode=mode,
+                                 dstate=dstate)
+    tensors = dict(params)
+    analytic = {k: grads[k] for k in params}
+    for l, ((h, c), (dh, dc)) in enumerate(zip(state, grads["state"]), start=1):
+        tensors.update({f"state.{l}.h": h, f"state.{l}.c": c})
+        analytic.update({f"state.{l}.h": dh, f"state.{l}.c": dc})
+
+    J = lambda: _objective(params, inputs, targets, state, masks, mode, dstate)  # noqa: E731
+    rng = np.random.default_rng(seed)
+    errors = {}
+    for name, p in tensors.items():
+        flat = p.reshape(-1)                      # a view: perturbing it perturbs p
+        idx = (np.arange(flat.size) if flat.size <= max_entries
+               else rng.choice(flat.size, max_entries, replace=False))
+        a = analytic[name].reshape(-1)[idx]
+        n = np.empty(len(idx))
+        for j, k in enumerate(idx):
+            p0 = flat[k]
+            values = []
+            for step in (2 * eps, eps, -eps, -2 * eps):
+                flat[k] = p0 + step
+                values.append(J())
+            flat[k] = p0
+            n[j] = (-values[0] + 8 * values[1] - 8 * values[2] + values[3]) / (12 * eps)
+        scale = max(np.abs(a).max(), np.abs(n).max())
+        errors[name] = 0.0 if scale == 0 else float(np.abs(a - n).max() / scale)
+    return errors

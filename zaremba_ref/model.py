@@ -1,0 +1,186 @@
+"""The language model of the paper, section 3: embedding -> D -> L LSTM layers -> D ->
+linear -> softmax, with its gradient by hand.
+
+Notation (paper): h^0_t = embedding of word t; for l = 1..L::
+
+    h^l_t, c^l_t = LSTM_l( D(h^{l-1}_t), h^l_{t-1}, c^l_{t-1} )      (lstm.py)
+    y_t = W_s D(h^L_t) + b_s                                          (V,)
+    loss = mean_t,b NLL(softmax(y_t), w_{t+1})                        (loss.py)
+
+Parameters (a dict of named arrays, PyTorch's layout, the paper's gate order i, f, o, g)::
+
+    embedding   (V, H)       h^0_t = embedding[w_t]
+    l{l}.W_x    (4H, H)      input weights of layer l (from D(h^{l-1}_t))
+    l{l}.W_h    (4H, H)      recurrent weights of layer l (from h^l_{t-1})
+    l{l}.b_x    (4H,)        input bias     } both kept so weights map one to one
+    l{l}.b_h    (4H,)        recurrent bias } onto PyTorch and the paper's Torch code
+    softmax.W   (V, H)
+    softmax.b   (V,)
+
+Inside, arrays are time-major (T, B, ...) so that each step is a contiguous block;
+the API takes and returns batch-major (B, T) like the data.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .backend import CPU, Backend
+from .checks import check_call
+from .dropout import draw_masks
+from .loss import log_softmax_nll, softmax_nll_and_grad
+from .lstm import lstm_backward, lstm_forward
+
+Array = Any
+State = list  # [(h, c)] * L, each (B, H)
+
+
+def param_names(num_layers: int) -> list[str]:
+    """The keys of a parameter dict with ``num_layers`` layers, in a fixed order."""
+    names = ["embedding"]
+    for l in range(1, num_layers + 1):
+        names += [f"l{l}.W_x", f"l{l}.W_h", f"l{l}.b_x", f"l{l}.b_h"]
+    return names + ["softmax.W", "softmax.b"]
+
+
+def init_params(vocab_size: int, hidden_size: int, num_layers: int, init_scale: float = 0.1,
+                seed: int | None = 0, dtype: Any = np.float32,
+                backend: Backend = CPU) -> dict[str, Array]:
+    """Parameters drawn uniform(-init_scale, init_scale), all of them, biases and
+    embedding included, as the paper's code does. Drawn on the host with NumPy
+    (so a seed gives the same model on every backend), then moved to ``backend``."""
+    if min(vocab_size, hidden_size, num_layers) < 1 or init_scale < 0:
+        raise ValueError("vocab_size, hidden_size, num_layers must be >= 1 and "
+                         f"init_scale >= 0, got {vocab_size}, {hidden_size}, {num_layers}, "
+                         f"{init_scale}")
+    V, H = vocab_size, hidden_size
+    shapes = {"embedding": (V, H), "softmax.W": (V, H), "softmax.b": (V,)}
+    for l in range(1, num_layers + 1):
+        shapes.update({f"l{l}.W_x": (4 * H, H), f"l{l}.W_h": (4 * H, H),
+                       f"l{l}.b_x": (4 * H,), f"l{l}.b_h": (4 * H,)})
+    rng = np.random.default_rng(seed)
+    return {k: backend.asarray(rng.uniform(-init_scale, init_scale, shapes[k]), dtype=dtype)
+            for k in param_names(num_layers)}
+
+
+def num_layers_of(params: dict[str, Array]) -> int:
+    """L, counted from the keys of ``params``."""
+    return sum(1 for k in params if k.endswith(".W_h"))
+
+
+def zero_state(params: dict[str, Array], batch_size: int, backend: Backend = CPU) -> State:
+    """The all-zero state [(h_0, c_0)] * L, each (B, H), that starts every pass."""
+    H = params["softmax.W"].shape[1]
+    z = lambda: backend.xp.zeros((batch_size, H), dtype=params["softmax.W"].dtype)  # noqa: E731
+    return [(z(), z()) for _ in range(num_layers_of(params))]
+
+
+def _forward(params, inputs, state, masks, backend):
+    """Embedding, D, the L layers, D. Returns the per-layer caches and D(h^L) (T*B, H)."""
+    L = num_layers_of(params)
+    vertical = masks[:L + 1] if masks else None         # D on h^0 .. h^L   (T, B, H) each
+    recurrent = masks[L + 1:] if masks else []           # naive mode only
+    x = params["embedding"][inputs.T]                    # h^0_t            (T, B, H)
+    caches = []
+    for l in range(1, L + 1):
+        if vertical:
+            x = backend.dropout(x, vertical[l - 1], out=backend.xp.empty_like(x))  # D(h^{l-1})
+        h0, c0 = state[l - 1]
+        cache = lstm_forward(params[f"l{l}.W_x"], params[f"l{l}.W_h"], params[f"l{l}.b_x"],
+                             params[f"l{l}.b_h"], x, h0, c0, backend,
+                             h_mask=recurrent[l - 1] if recurrent else None)
+        caches.append(cache)
+        x = cache.h[1:]                                  # h^l_1 .. h^l_T   (T, B, H)
+    if vertical:
+        x = backend.dropout(x, vertical[L], out=backend.xp.empty_like(x))  # D(h^L)
+    T, B, H = x.shape
+    return caches, x.reshape(T * B, H)
+
+
+def _time_major_masks(masks, mode, p, rng, params, inputs, backend):
+    """The caller's masks, or masks drawn from ``rng``, as (T, B, H) views."""
+    if masks is None:
+        B, T = inputs.shape
+        H = params["softmax.W"].shape[1]
+        masks = draw_masks(rng, p, mode, num_layers_of(params), B, T, H,
+                           params["softmax.W"].dtype)
+    return [m.transpose(1, 0, 2) for m in masks]
+
+
+def loss_and_grads(params: dict[str, Array], inputs: Array, targets: Array,
+                   state: State | None = None, masks: Sequence[Array] | None = None, *,
+                   dropout: float = 0.0, mode: str = "zaremba", rng: Any = None,
+                   dstate: State | None = None, backend: Backend = CPU):
+    """Forward and backward through one window of T steps.
+
+    inputs, targets (B, T) int: word ids, targets[b, t] the word after inputs[b, t].
+    state: [(h_0, c_0)] * L, each (B, H), carried from the previous window (zeros if None).
+    masks: the dropout masks (see ``dropout.py``), (B, T, H) each, already scaled; if
+      None and ``dropout`` > 0 they are drawn from ``rng``. ``mode``: zaremba|naive|none.
+    dstate: optional [(dL/dh_T, dL/dc_T)] * L from beyond the window (gradient checks).
+
+    Returns (loss, grads, final_state): loss the mean NLL per token; grads keyed like
+    params, plus ``grads["state"]`` = [(dL/dh_0, dL/dc_0)] * L; final_state [(h_T, c_T)] * L.
+    """
+    state = check_call(params, inputs, targets, state, masks, dropout, mode, rng, dstate,
+                       backend)
+    xp = backend.xp
+    L = num_layers_of(params)
+    tm_masks = _time_major_masks(masks, mode, dropout, rng, params, inputs, backend)
+    caches, hD = _forward(params, inputs, state, tm_masks, backend)
+
+    # Output layer and loss                            y = W_s D(h^L) + b_s      (T*B, V)
+    W_s = params["softmax.W"]
+    y = hD @ W_s.T
+    y += params["softmax.b"]
+    w = targets.T.reshape(-1)                           # time-major like y       (T*B,)
+    loss, dy = softmax_nll_and_grad(y, w, backend)      # dy = (softmax - onehot) / N
+    grads = {"softmax.W": dy.T @ hD,                    # (V, H)
+             "softmax.b": dy.sum(axis=0)}               # (V,)
+    dx = (dy @ W_s).reshape(caches[-1].x.shape)         # dL/dD(h^L)              (T, B, H)
+
+    # Down through the layers, each one backward through time
+    grads["state"] = [None] * L
+    for l in range(L, 0, -1):
+        if tm_masks:
+            dx *= tm_masks[l]                           # through D(h^l)
+        dh_T, dc_T = dstate[l - 1] if dstate is not None else (xp.zeros_like(state[0][0]),) * 2
+        dx, dW_x, dW_h, db, dh_0, dc_0 = lstm_backward(
+            caches[l - 1], params[f"l{l}.W_x"], params[f"l{l}.W_h"], dx, dh_T, dc_T, backend)
+        grads.update({f"l{l}.W_x": dW_x, f"l{l}.W_h": dW_h, f"l{l}.b_x": db, f"l{l}.b_h": db.copy()})
+        grads["state"][l - 1] = (dh_0, dc_0)
+    if tm_masks:
+        dx *= tm_masks[0]                               # through D(h^0)
+    dE = xp.zeros_like(params["embedding"])
+    backend.scatter_add(dE, inputs.T.reshape(-1), dx.reshape(-1, dx.shape[2]))  # rows of used words
+    grads["embedding"] = dE
+    final_state = [(cache.h[-1].copy(), cache.c[-1].copy()) for cache in caches]
+    return loss, grads, final_state
+
+
+def forward(params: dict[str, Array], inputs: Array, state: State | None = None, *,
+            backend: Backend = CPU):
+    """Evaluation forward without dropout: the logits y (T*B, V), time-major (row
+    t*B + b is batch row b at step t), and the final state [(h_T, c_T)] * L."""
+    B, T = inputs.shape
+    targets = backend.xp.zeros((B, T), dtype=inputs.dtype)  # not used; shape check only
+    state = check_call(params, inputs, targets, state, None, 0.0, "none", None, None, backend)
+    caches, h = _forward(params, inputs, state, [], backend)
+    y = h @ params["softmax.W"].T                       # (T*B, V)
+    y += params["softmax.b"]
+    return y, [(cache.h[-1].copy(), cache.c[-1].copy()) for cache in caches]
+
+
+def loss_only(params: dict[str, Array], inputs: Array, targets: Array,
+              state: State | None = None, *, backend: Backend = CPU):
+    """Evaluation: the mean NLL of one window without dropout, and the final state.
+
+    The same forward as :func:`loss_and_grads` with no masks and no backward.
+    Returns (loss, final_state).
+    """
+    check_call(params, inputs, targets, state, None, 0.0, "none", None, None, backend)
+    y, final_state = forward(params, inputs, state, backend=backend)
+    loss, _ = log_softmax_nll(y, targets.T.reshape(-1), backend)
+    return loss, final_state

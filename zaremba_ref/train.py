@@ -1,0 +1,213 @@
+"""The training loop of the paper: truncated BPTT over PTB, SGD with a clipped global
+norm and a decaying learning rate, validation after each epoch, test at the end.
+
+Data flows one way: data -> model (loss_and_grads) -> optim (sgd_step) -> here.
+This module adds what a user needs around the loop: progress, metrics, checkpoints
+(at each epoch end, every ``save_every`` steps, and on SIGINT/SIGTERM), exact resume,
+and a clean stop on a NaN or Inf.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from .backend import CPU, Backend
+from .checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
+from .config import Config
+from .data import Corpus, batchify, num_windows, windows
+from .model import init_params, loss_and_grads, loss_only, zero_state
+from .optim import learning_rate, sgd_step
+from .progress import Progress
+
+
+class TrainingError(Exception):
+    """Training cannot go on (NaN/Inf, a mismatched checkpoint); the message says why."""
+
+
+def evaluate(params: dict, stream: np.ndarray, batch_size: int, num_steps: int,
+             backend: Backend = CPU, progress_prefix: str | None = None,
+             out: TextIO | None = None) -> float:
+    """Perplexity of ``stream`` the paper's way: one pass in order, the state carried
+    from window to window, no dropout. Every word after the first of each of the
+    ``batch_size`` rows is predicted once (the last, shorter window included)."""
+    data = batchify(stream, batch_size)
+    n = num_windows(data, num_steps)
+    state = zero_state(params, batch_size, backend)
+    total, count = 0.0, 0
+    progress = Progress(n, progress_prefix, out) if progress_prefix else None
+    pairs = list(windows(data, num_steps))
+    tail = n * num_steps
+    if data.shape[1] - 1 > tail:                      # the words after the last full window
+        pairs.append((data[:, tail:-1], data[:, tail + 1:]))
+    for k, (x, y) in enumerate(pairs, start=1):
+        loss, state = loss_only(params, backend.asarray(x), backend.asarray(y), state,
+                                backend=backend)
+        total += loss * y.size
+        count += y.size
+        if progress:
+            progress.update(min(k, n), ppl=f"{math.exp(total / count):.2f}")
+    if progress:
+        progress.close()
+    return math.exp(total / count)
+
+
+def train_step(params: dict, inputs: Any, targets: Any, state: list, config: Config,
+               lr: float, rng: Any, backend: Backend = CPU) -> tuple[float, float, list]:
+    """One step of the paper's SGD on one window: forward and backward through time
+    (dropout as configured), clip the global norm of the objective's gradient, update.
+    Returns (mean NLL of the window, gradient norm before clipping, final state)."""
+    loss, grads, state = loss_and_grads(params, inputs, targets, state,
+                                        dropout=config.dropout, mode=config.mode, rng=rng,
+                                        backend=backend)
+    norm = sgd_step(params, grads, lr, config.max_grad_norm, config.loss_scale, backend)
+    return loss, norm, state
+
+
+@contextmanager
+def _stop_on_signals():
+    """Turn SIGINT/SIGTERM into a flag the loop checks after each step."""
+    received: list[int] = []
+    handler = lambda signum, frame: received.append(signum)  # noqa: E731
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _write_metrics(run_dir: Path, record: dict) -> None:
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _rng_state(rng: Any) -> Any:
+    return rng.bit_generator.state if hasattr(rng, "bit_generator") else None
+
+
+def _check_resumable(path: Path, meta: dict, config: Config, dtype: str, seed: int) -> None:
+    saved = dict(meta["config"], dtype=meta["dtype"], seed=meta["seed"])
+    wanted = dict(config.to_dict(), dtype=dtype, seed=seed)
+    diff = [f"{k}: checkpoint {saved.get(k)!r} vs command line {v!r}"
+            for k, v in wanted.items() if saved.get(k) != v]
+    if diff:
+        raise CheckpointError(f"{path}: configuration does not match ({'; '.join(diff)}); "
+                              "resume with the original settings or use another --out")
+
+
+def train(config: Config, corpus: Corpus, run_dir: str | Path, *, backend: Backend = CPU,
+          dtype: str = "float32", seed: int = 0, resume: bool = False,
+          max_steps: int | None = None, save_every: int = 1000,
+          out: TextIO | None = None) -> dict:
+    """Train ``config`` on ``corpus``, writing checkpoints and metrics to ``run_dir``.
+
+    Returns a summary dict (``status`` is "done", "max_steps" or "interrupted", with
+    the last train, valid and test perplexities measured).
+    """
+    out = out or sys.stdout
+    config.validate()
+    if corpus.vocab_size != config.vocab_size:
+        config = config.replace(vocab_size=corpus.vocab_size)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = checkpoint_path(run_dir)
+    rng = backend.rng(seed)                            # dropout masks, owned here
+    if resume:
+        params, state, meta, _ = load_checkpoint(ckpt)
+        _check_resumable(ckpt, meta, config, dtype, seed)
+        params = {k: backend.asarray(v) for k, v in params.items()}
+        state = [(backend.asarray(h), backend.asarray(c)) for h, c in state]
+        if meta["rng"] is not None:
+            rng.bit_generator.state = meta["rng"]
+        epoch, step, global_step = meta["epoch"], meta["step"], meta["global_step"]
+        loss_sum, words = meta["loss_sum"], meta["words"]
+        print(f"resuming {ckpt} at epoch {epoch}, step {step}", file=out)
+    else:
+        if ckpt.exists():
+            raise CheckpointError(f"{ckpt} exists: pass --resume to continue that run, or "
+                                  "choose another --out")
+        params = init_params(config.vocab_size, config.hidden_size, config.num_layers,
+                             config.init_scale, seed=seed, dtype=np.dtype(dtype),
+                             backend=backend)
+        state = zero_state(params, config.batch_size, backend)
+        epoch, step, global_step, loss_sum, words = 1, 0, 0, 0.0, 0
+
+    def save(epoch: int, step: int) -> None:
+        meta = {"config": config.to_dict(), "dtype": dtype, "seed": seed, "epoch": epoch,
+                "step": step, "global_step": global_step, "loss_sum": loss_sum,
+                "words": words, "rng": _rng_state(rng),
+                "lr": learning_rate(epoch, config.lr, config.decay_start, config.lr_decay)}
+        save_checkpoint(ckpt, {k: backend.to_numpy(v) for k, v in params.items()},
+                        [(backend.to_numpy(h), backend.to_numpy(c)) for h, c in state],
+                        meta, corpus.vocab)
+
+    data = batchify(corpus.train, config.batch_size)
+    n = num_windows(data, config.num_steps)
+    B, T = config.batch_size, config.num_steps
+    summary: dict[str, Any] = {"status": "done", "run_dir": str(run_dir)}
+    t_start = time.perf_counter()
+    with _stop_on_signals() as signals:
+        while epoch <= config.max_epoch:
+            lr = learning_rate(epoch, config.lr, config.decay_start, config.lr_decay)
+            if step == 0:
+                state = zero_state(params, B, backend)  # each pass starts from zeros
+                loss_sum, words = 0.0, 0
+            progress = Progress(n, f"epoch {epoch}/{config.max_epoch} ", out, start=step)
+            t0, words0 = time.perf_counter(), words
+            for x, y in windows(data, T, start=step):
+                loss, norm, state = train_step(params, backend.asarray(x),
+                                               backend.asarray(y), state, config, lr, rng,
+                                               backend)
+                for what, value in (("loss", loss), ("gradient norm", norm)):
+                    if not math.isfinite(value):  # stop before any save: the checkpoint stays good
+                        raise TrainingError(f"{what} is {value} at epoch {epoch}, step "
+                                            f"{step + 1}; the last good checkpoint {ckpt} is "
+                                            "intact; try a lower --lr or --max-grad-norm")
+                step, global_step = step + 1, global_step + 1
+                loss_sum, words = loss_sum + loss * x.size, words + x.size
+                wps = (words - words0) / (time.perf_counter() - t0)
+                progress.update(step, ppl=f"{math.exp(loss_sum / words):.2f}",
+                                wps=f"{wps:,.0f}", lr=f"{lr:.4g}", norm=f"{norm:.2f}")
+                stop = "interrupted" if signals else (
+                    "max_steps" if max_steps is not None and global_step >= max_steps else None)
+                if stop or (save_every and global_step % save_every == 0):
+                    save(epoch, step)
+                if stop:
+                    progress.close()
+                    summary.update(status=stop, train_ppl=math.exp(loss_sum / words))
+                    _write_metrics(run_dir, {"epoch": epoch, "step": global_step, "lr": lr,
+                                             "train_ppl": summary["train_ppl"],
+                                             "words_per_sec": wps, "status": stop})
+                    print(f"{stop}: checkpoint saved to {ckpt} at epoch {epoch}, step {step}",
+                          file=out)
+                    summary["signal"] = signals[0] if signals else None
+                    return summary
+            progress.close()
+            valid_ppl = evaluate(params, corpus.valid, B, T, backend)
+            record = {"epoch": epoch, "step": global_step, "lr": lr,
+                      "train_ppl": math.exp(loss_sum / max(words, 1)),
+                      "words_per_sec": (words - words0) / (time.perf_counter() - t0),
+                      "valid_ppl": valid_ppl}
+            _write_metrics(run_dir, record)
+            print(f"epoch {epoch}: train ppl {record['train_ppl']:.2f}, valid ppl "
+                  f"{valid_ppl:.2f}, lr {lr:.4g}", file=out)
+            summary.update(train_ppl=record["train_ppl"], valid_ppl=valid_ppl)
+            epoch, step = epoch + 1, 0
+            save(epoch, step)
+    test_ppl = evaluate(params, corpus.test, config.test_batch_size, T, backend)
+    _write_metrics(run_dir, {"epoch": config.max_epoch, "step": global_step,
+                             "lr": learning_rate(config.max_epoch, config.lr,
+                                                 config.decay_start, config.lr_decay),
+                             "train_ppl": summary.get("train_ppl"), "words_per_sec": None,
+                             "test_ppl": test_ppl})
+    summary.update(test_ppl=test_ppl, seconds=time.perf_counter() - t_start)
+    return summary
