@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from .dropout import MODES, num_masks
 
 
@@ -40,9 +42,8 @@ def check_call(params, inputs, targets, state, masks, dropout, mode, rng, dstate
     """Check one call of loss_and_grads / loss_only; return the state (zeros if None)."""
     from .model import zero_state
     V, H, L = check_params(params)
-    xp = backend.xp
     for name, a in (("inputs", inputs), ("targets", targets)):
-        if len(_shape(a)) != 2 or not xp.issubdtype(a.dtype, xp.integer):
+        if len(_shape(a)) != 2 or not np.issubdtype(a.dtype, np.integer):
             raise ValueError(f"{name} must be an integer array shaped (batch, steps), "
                              f"got {getattr(a, 'dtype', type(a).__name__)} {_shape(a)}")
         if a.size == 0:
