@@ -1,8 +1,9 @@
-"""Command line: ``python -m zaremba_ref {train,evaluate,sample} ...``.
+"""Command line: ``python -m zaremba_ref {train,evaluate,sample,trace,compare} ...``.
 
 Every expected failure (missing data, a bad checksum, a corrupt or mismatched
-checkpoint, a bad argument, no GPU) ends in one line on stderr and exit code 2
-(1 for a training run that diverged), never a traceback.
+checkpoint, a bad argument, no GPU, an unreadable trace) ends in one line on stderr
+and exit code 2 (1 for a training run that diverged, and for ``compare`` when the
+traces differ), never a traceback.
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "carried, no dropout).")
     e.add_argument("runs", nargs="+", metavar="RUN_DIR_OR_CHECKPOINT")
     e.add_argument("--split", choices=("valid", "test", "both"), default="both")
+    e.add_argument("--ensemble", action="store_true",
+                   help="also evaluate the average of the models' predicted probabilities "
+                        "(Table 1's model averaging), with the first model's batch size "
+                        "and window for every member; one JSON line per member, then one "
+                        "for the ensemble")
     _add_data_args(e)
 
     s = sub.add_parser("sample", help="generate text from a saved model")
@@ -84,6 +90,45 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--prime", default="", help='words to start from, e.g. "the company"')
     s.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+
+    tr = sub.add_parser(
+        "trace", help="save every intermediate and gradient of one window (float64)",
+        description="Run one window forward and backward in float64 and save every "
+                    "intermediate and gradient (see zaremba_ref.trace) to an .npz, with "
+                    "the word ids as data.inputs/data.targets. --random V,H,L: a model "
+                    "from init_params(V, H, L, 0.1, seed=S), then from "
+                    "numpy.random.default_rng([S, 1]), in this order: inputs and targets "
+                    "(B, T) uniform over the vocabulary, the initial state of each layer "
+                    "(h, then c) uniform(-0.5, 0.5), the dropout masks. --checkpoint: "
+                    "its model on the first window of PTB valid, from a zero state, "
+                    "masks drawn the same way.")
+    src = tr.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", metavar="RUN_DIR_OR_CHECKPOINT")
+    src.add_argument("--random", metavar="V,H,L",
+                     help="a random model of vocabulary V, H units, L layers")
+    tr.add_argument("--batch", type=int, metavar="B",
+                    help="rows (default: 2 random, the run's batch size from a checkpoint)")
+    tr.add_argument("--steps", type=int, metavar="T",
+                    help="steps (default: 5 random, the run's window from a checkpoint)")
+    tr.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    tr.add_argument("--mode", choices=("zaremba", "naive", "none"),
+                    help="dropout placement (default: zaremba, or the run's)")
+    tr.add_argument("--dropout", type=float, default=0.0,
+                    help="probability p of the masks (default: 0, no masks)")
+    tr.add_argument("--out", default="trace.npz", help="(default: trace.npz)")
+    tr.add_argument("--data-dir", metavar="DIR", help="PTB directory (with --checkpoint)")
+    tr.add_argument("--no-verify-data", action="store_true")
+
+    c = sub.add_parser(
+        "compare", help="compare two traces array by array",
+        description="Per-array max abs and rel difference of two traces, and where they "
+                    "first part (in trace order: forward, then gradients). Exit code 0 if "
+                    "every element agrees (|a - b| <= atol + rtol |b|), 1 if not, 2 if a "
+                    "file is unreadable or the arrays or shapes differ.")
+    c.add_argument("a", metavar="A.npz")
+    c.add_argument("b", metavar="B.npz")
+    c.add_argument("--rtol", type=float, default=1e-7, help="(default: 1e-7)")
+    c.add_argument("--atol", type=float, default=1e-9, help="(default: 1e-9)")
     return parser
 
 
@@ -121,6 +166,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .train import evaluate
     corpus = load_ptb(args.data_dir, verify=not args.no_verify_data)
     splits = ("valid", "test") if args.split == "both" else (args.split,)
+    if args.ensemble:
+        return _evaluate_ensemble(args.runs, corpus, splits, args.device)
     for run in args.runs:
         backend, params, meta, _ = _load_model(run, args.device)
         config = Config.from_dict(meta["config"])
@@ -131,6 +178,80 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                                               config.num_steps, backend)
         print(json.dumps(result), flush=True)
     return 0
+
+
+def _evaluate_ensemble(runs, corpus, splits, device) -> int:
+    from .ensemble import evaluate_ensemble
+    models = [_load_model(run, device) for run in runs]
+    backend = models[0][0]
+    config = Config.from_dict(models[0][2]["config"])   # batching of the first member
+    members = [{"run": run} for run in runs]
+    result = {"run": "ensemble", "members": list(runs)}
+    for split in splits:
+        B = config.batch_size if split == "valid" else config.test_batch_size
+        r = evaluate_ensemble([m[1] for m in models], getattr(corpus, split), B,
+                              config.num_steps, backend)
+        result[f"{split}_ppl"] = r.perplexity
+        for member, ppl in zip(members, r.member_perplexities):
+            member[f"{split}_ppl"] = ppl
+    for line in members + [result]:
+        print(json.dumps(line), flush=True)
+    return 0
+
+
+def _cmd_trace(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .data import batchify
+    from .model import init_params
+    from .trace import trace
+    for name in ("batch", "steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if not 0 <= args.dropout < 1:
+        raise ValueError(f"--dropout must be in [0, 1), got {args.dropout}")
+    rng = np.random.default_rng([args.seed, 1])        # data, state, masks (not params)
+    if args.random:
+        try:
+            V, H, L = (int(v) for v in args.random.split(","))
+        except ValueError:
+            raise ValueError(f"--random wants V,H,L (three integers), got {args.random!r}") \
+                from None
+        B, T = args.batch or 2, args.steps or 5
+        params = init_params(V, H, L, 0.1, seed=args.seed, dtype=np.float64)
+        inputs, targets = (rng.integers(0, V, (B, T)) for _ in range(2))
+        state = [tuple(rng.uniform(-0.5, 0.5, (B, H)) for _ in "hc") for _ in range(L)]
+        mode = args.mode or "zaremba"
+    else:
+        params, _, meta, _ = load_checkpoint(args.checkpoint)
+        config = Config.from_dict(meta["config"])
+        B, T = args.batch or config.batch_size, args.steps or config.num_steps
+        corpus = load_ptb(args.data_dir, verify=not args.no_verify_data)
+        data = batchify(corpus.valid, B)                 # the first window of PTB valid
+        if data.shape[1] < T + 1:
+            raise ValueError(f"PTB valid in {B} rows is too short for {T} steps")
+        inputs, targets = data[:, :T].astype(np.int64), data[:, 1:T + 1].astype(np.int64)
+        state, mode = None, args.mode or config.mode
+        (V, H), L = params["embedding"].shape, sum(k.endswith(".W_h") for k in params)
+    arrays = trace(params, inputs, targets, state, mode=mode, dropout=args.dropout, rng=rng)
+    out = args.out if args.out.endswith(".npz") else args.out + ".npz"
+    try:
+        np.savez(out, **{"data.inputs": np.asarray(inputs, dtype=np.int64),
+                         "data.targets": np.asarray(targets, dtype=np.int64)}, **arrays)
+    except OSError as e:
+        raise ValueError(f"cannot write {out}: {' '.join(str(e).split())}") from None
+    print(json.dumps({"out": out, "arrays": len(arrays) + 2, "vocab": int(V), "hidden": int(H),
+                      "layers": int(L), "batch": B, "steps": T, "mode": mode,
+                      "dropout": args.dropout, "loss": float(arrays["loss"])}))
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .trace import compare_traces, format_comparison, load_trace
+    a, b = load_trace(args.a), load_trace(args.b)
+    rows, first = compare_traces(a, b, args.rtol, args.atol)
+    print(format_comparison(rows, first, args.rtol, args.atol))
+    return 0 if first is None else 1
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
@@ -145,10 +266,12 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    command = {"train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample}
+    command = {"train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample,
+               "trace": _cmd_trace, "compare": _cmd_compare}
+    from .trace import CompareError
     try:
         return command[args.command](args)
-    except (DataError, CheckpointError, BackendUnavailable, ValueError) as e:
+    except (DataError, CheckpointError, BackendUnavailable, CompareError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # TrainingError and the like: still one line

@@ -16,11 +16,22 @@ from typing import Any
 
 import numpy as np
 
+from .backend import CPU, Backend
 from .model import loss_and_grads
 
 
-def _objective(params, inputs, targets, state, masks, mode, dstate) -> float:
-    loss, _, final = loss_and_grads(params, inputs, targets, state, masks, mode=mode)
+def _on(backend, params, inputs, targets, state, masks, dstate):
+    """The host arrays moved onto ``backend`` (no copy on the CPU)."""
+    dev = backend.asarray
+    pairs = lambda s: None if s is None else [(dev(h), dev(c)) for h, c in s]  # noqa: E731
+    return ({k: dev(v) for k, v in params.items()}, dev(inputs), dev(targets), pairs(state),
+            None if masks is None else [dev(m) for m in masks], pairs(dstate))
+
+
+def _objective(params, inputs, targets, state, masks, mode, dstate, backend) -> float:
+    args = _on(backend, params, inputs, targets, state, masks, None)
+    loss, _, final = loss_and_grads(*args[:5], mode=mode, backend=backend)
+    final = [(backend.to_numpy(h), backend.to_numpy(c)) for h, c in final]
     if dstate is not None:
         loss += sum(float(np.vdot(dh, h)) + float(np.vdot(dc, c))
                     for (dh, dc), (h, c) in zip(dstate, final))
@@ -30,14 +41,16 @@ def _objective(params, inputs, targets, state, masks, mode, dstate) -> float:
 def check_gradients(params: dict[str, np.ndarray], inputs: np.ndarray, targets: np.ndarray,
                     state: list | None = None, masks: list | None = None, *,
                     mode: str = "zaremba", dstate: list | None = None, eps: float = 1e-4,
-                    max_entries: int = 40, seed: int = 0) -> dict[str, float]:
+                    max_entries: int = 40, seed: int = 0,
+                    backend: Backend = CPU) -> dict[str, float]:
     """Compare ``loss_and_grads`` with finite differences, in float64.
 
     Up to ``max_entries`` entries of each tensor are checked (all of them if it is
     smaller, a random sample otherwise). Returns, for every parameter name and for
     ``state.{l}.h`` / ``state.{l}.c``, the relative error
     max|analytic - numeric| / max(max|analytic|, max|numeric|) over the entries
-    checked (0 where both are 0).
+    checked (0 where both are 0). ``backend`` is the implementation under test (its
+    results are brought back to NumPy; use float64 on it too).
     """
     f64 = lambda a: np.array(a, dtype=np.float64)  # noqa: E731  (copies: we perturb in place)
     params = {k: f64(v) for k, v in params.items()}
@@ -49,15 +62,18 @@ def check_gradients(params: dict[str, np.ndarray], inputs: np.ndarray, targets: 
     masks = None if masks is None else [f64(m) for m in masks]
     dstate = None if dstate is None else [(f64(h), f64(c)) for h, c in dstate]
 
-    _, grads, _ = loss_and_grads(params, inputs, targets, state, masks, mode=mode,
-                                 dstate=dstate)
+    p, x, y, s, m, ds = _on(backend, params, inputs, targets, state, masks, dstate)
+    _, grads, _ = loss_and_grads(p, x, y, s, m, mode=mode, dstate=ds, backend=backend)
+    grads = {k: backend.to_numpy(v) for k, v in grads.items() if k != "state"} | {
+        "state": [(backend.to_numpy(h), backend.to_numpy(c)) for h, c in grads["state"]]}
     tensors = dict(params)
     analytic = {k: grads[k] for k in params}
     for l, ((h, c), (dh, dc)) in enumerate(zip(state, grads["state"]), start=1):
         tensors.update({f"state.{l}.h": h, f"state.{l}.c": c})
         analytic.update({f"state.{l}.h": dh, f"state.{l}.c": dc})
 
-    J = lambda: _objective(params, inputs, targets, state, masks, mode, dstate)  # noqa: E731
+    J = lambda: _objective(params, inputs, targets, state, masks, mode, dstate,  # noqa: E731
+                           backend)
     rng = np.random.default_rng(seed)
     errors = {}
     for name, p in tensors.items():

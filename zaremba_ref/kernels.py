@@ -1,21 +1,43 @@
 """The elementwise heart of the model: the LSTM cell, dropout, the softmax
 cross-entropy gradient and the SGD update.
 
-Every function here is the NumPy twin of a CUDA kernel of the same name (see
-``cuda_kernels.py``): the same equation, the same argument order, the same helper
-names (``sigmoid``, ``dsigmoid`` from the output, ``dtanh`` from the output). The
-CPU path calls these functions; the GPU path calls the kernels. The matrix
-products live outside (in ``lstm.py``, ``model.py``): what is here touches each
-element once and never needs a BLAS call.
+Every function here is the NumPy twin of a CUDA kernel of the same name, defined
+right below it as plain data (a :class:`KernelSpec`, the arguments of
+``cupy.ElementwiseKernel``): the same equation, the same order of operations, the
+same helper names (``sigmoid``, ``dsigmoid`` from the output, ``dtanh`` from the
+output; their CUDA versions are in :data:`CUDA_PREAMBLE`). The CPU path calls these
+functions; the GPU path (``cuda_backend.py``) compiles the specs with CuPy. This
+module never imports cupy. The matrix products live outside (in ``lstm.py``,
+``model.py``): what is here touches each element once and never needs a BLAS call.
 
 Gate order is the paper's: the pre-activation ``z`` (B, 4H) holds i, f, o, g in
 that order, so one ``sigmoid`` covers the first 3H columns and one ``tanh`` the
 last H.
+
+How to read a kernel body (CuPy's ElementwiseKernel): the body runs once per
+element ``i`` of the loop shape, which is the broadcast shape of the non-``raw``
+arrays. A non-raw parameter ``x`` names the element of ``x`` at ``i`` (a reference:
+writing an output parameter writes the array); a ``raw`` parameter is the whole
+array, indexed by hand in C order (``z[k]``); raw inputs are read-only. ``T`` is the
+float type of the call (float32 or float64), ``I`` an integer type. The bodies are
+tested on the CPU, compiled with the host C++ compiler (``tests/test_kernels.py``).
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
+
+
+class KernelSpec(NamedTuple):
+    """One CUDA kernel as plain data: ``cupy.ElementwiseKernel(*spec,
+    preamble=CUDA_PREAMBLE)`` builds it."""
+
+    in_params: str    # CuPy's parameter lists, e.g. "T c_prev, int32 H"; "raw" = index by hand
+    out_params: str
+    operation: str    # the C++ body, run once per element i of the loop shape
+    name: str         # the kernel's name (profilers show it)
 
 
 def sigmoid(x: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -41,6 +63,19 @@ def dtanh(y: np.ndarray) -> np.ndarray:
     return 1 - y * y
 
 
+# The device helpers of every kernel, the twins of the three functions above (the
+# same formulas, in the same order). Templates, so that one text serves float and
+# double; CUDA's tanh has a float overload, as <cmath>'s has on the host.
+CUDA_PREAMBLE = r"""
+template <typename U> __device__ U sigmoid(U x) {   // 0.5 tanh(0.5 x) + 0.5: no overflow
+  const U half = 0.5;
+  return tanh(x * half) * half + half;
+}
+template <typename U> __device__ U dsigmoid(U y) { return y * (1 - y); }  // y = sigmoid(x)
+template <typename U> __device__ U dtanh(U y) { return 1 - y * y; }       // y = tanh(x)
+"""
+
+
 def lstm_cell_forward(z: np.ndarray, c_prev: np.ndarray, c: np.ndarray,
                       h: np.ndarray) -> None:
     """One LSTM step, elementwise part (paper, section 3.1)::
@@ -60,6 +95,25 @@ def lstm_cell_forward(z: np.ndarray, c_prev: np.ndarray, c: np.ndarray,
     c += i * g                                           #   + i * g
     np.tanh(c, out=h)
     h *= o                                               # h = o * tanh(c)
+
+
+# One thread per element (b, j) of the (B, H) state. z is raw (the thread reads and
+# writes its 4 gates, H apart in row b) and an output (CuPy's raw inputs are
+# read-only), so the call is kernel(c_prev, H, z, c, h).
+LSTM_CELL_FORWARD = KernelSpec(
+    "T c_prev, int32 H",
+    "raw T z, T c, T h",
+    r"""
+    const ptrdiff_t k = (i / H) * 4 * H + i % H;   // z[b, j]: gate i of element (b, j)
+    const T i_ = sigmoid(z[k]);                    // i_: i is the thread index
+    const T f = sigmoid(z[k + H]);
+    const T o = sigmoid(z[k + 2 * H]);
+    const T g = tanh(z[k + 3 * H]);
+    z[k] = i_; z[k + H] = f; z[k + 2 * H] = o; z[k + 3 * H] = g;  // saved for backward
+    c = f * c_prev + i_ * g;
+    h = o * tanh(c);
+    """,
+    "lstm_cell_forward")
 
 
 def lstm_cell_backward(gates: np.ndarray, c_prev: np.ndarray, c: np.ndarray,
@@ -94,12 +148,36 @@ def lstm_cell_backward(gates: np.ndarray, c_prev: np.ndarray, c: np.ndarray,
     np.multiply(dc, f, out=dc_prev)                      # through c = f * c_{t-1}
 
 
+# One thread per element (b, j); the call is kernel(gates, c_prev, c, dh, dc_next, H,
+# dz, dc_prev).
+LSTM_CELL_BACKWARD = KernelSpec(
+    "raw T gates, T c_prev, T c, T dh, T dc_next, int32 H",
+    "raw T dz, T dc_prev",
+    r"""
+    const ptrdiff_t k = (i / H) * 4 * H + i % H;   // gates[b, j]: gate i of element (b, j)
+    const T i_ = gates[k], f = gates[k + H], o = gates[k + 2 * H], g = gates[k + 3 * H];
+    const T tanh_c = tanh(c);                      // recomputed, not stored
+    const T dc = dh * o * dtanh(tanh_c) + dc_next; // dL/dc_t
+    dz[k] = dc * g * dsigmoid(i_);                 // d z_i
+    dz[k + H] = dc * c_prev * dsigmoid(f);         // d z_f
+    dz[k + 2 * H] = dh * tanh_c * dsigmoid(o);     // d z_o
+    dz[k + 3 * H] = dc * i_ * dtanh(g);            // d z_g
+    dc_prev = dc * f;                              // dL/dc_{t-1}
+    """,
+    "lstm_cell_backward")
+
+
 def dropout(x: np.ndarray, mask: np.ndarray, out: np.ndarray) -> np.ndarray:
     """D(x) = x * mask, mask already scaled: 0 or 1/(1-p) (inverted dropout).
 
     The same product is its own backward: dL/dx = dL/dD(x) * mask.
     """
     return np.multiply(x, mask, out=out)
+
+
+# x, mask and out may be strided views (the masks are time-major views of
+# batch-major arrays): non-raw parameters follow any strides.
+DROPOUT = KernelSpec("T x, T mask", "T out", "out = x * mask", "dropout")
 
 
 def softmax_cross_entropy_grad(e: np.ndarray, sums: np.ndarray, targets: np.ndarray,
@@ -114,6 +192,27 @@ def softmax_cross_entropy_grad(e: np.ndarray, sums: np.ndarray, targets: np.ndar
     return e
 
 
+# One thread per element (n, v) of e; sums (N, 1) and targets (N,) are raw, read at
+# row n. The call is kernel(sums, targets, scale, V, e).
+SOFTMAX_CROSS_ENTROPY_GRAD = KernelSpec(
+    "raw T sums, raw I targets, T scale, int32 V",
+    "T e",
+    r"""
+    const ptrdiff_t n = i / V;                     // e[n, v] with v = i % V
+    e = e * (scale / sums[n]) - (i % V == targets[n] ? scale : T(0));
+    """,
+    "softmax_cross_entropy_grad")
+
+
 def sgd_update(p: np.ndarray, g: np.ndarray, lr_scale: float) -> None:
     """p <- p - lr_scale * g, in place (lr_scale = lr * clip factor * loss scale)."""
     p -= lr_scale * g
+
+
+# The call is kernel(g, lr_scale, p).
+SGD_UPDATE = KernelSpec("T g, T lr_scale", "T p", "p -= lr_scale * g", "sgd_update")
+
+
+# Every CUDA kernel, by the name of its NumPy twin.
+CUDA_KERNELS = {spec.name: spec for spec in (
+    LSTM_CELL_FORWARD, LSTM_CELL_BACKWARD, DROPOUT, SOFTMAX_CROSS_ENTROPY_GRAD, SGD_UPDATE)}

@@ -142,6 +142,9 @@ def train(config: Config, corpus: Corpus, run_dir: str | Path, *, backend: Backe
         epoch, step, global_step, loss_sum, words = 1, 0, 0, 0.0, 0
 
     def save(epoch: int, step: int) -> None:
+        if not all(bool(backend.xp.isfinite(p).all()) for p in params.values()):
+            raise TrainingError(f"the parameters hold NaN or Inf at epoch {epoch}, step "
+                                f"{step}; not saving over {ckpt}; try a lower --lr")
         meta = {"config": config.to_dict(), "dtype": dtype, "seed": seed, "epoch": epoch,
                 "step": step, "global_step": global_step, "loss_sum": loss_sum,
                 "words": words, "rng": _rng_state(rng),

@@ -1,0 +1,80 @@
+"""Smoke tests of benchmarks/bench.py: it runs, and its last line is the promised JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+TINY = ["--config", "small", "--hidden-size", "16", "--num-steps", "5", "--batch-size", "4",
+        "--steps", "2", "--repeats", "1", "--warmup", "1", "--threads", "1"]
+KEYS = {"config", "device", "dtype", "num_steps", "hidden_size", "batch_size",
+        "words_per_sec", "eval_words_per_sec", "gemm_floor_words_per_sec",
+        "torch_words_per_sec", "ratio_vs_torch", "ratio_vs_floor", "eval_ratio",
+        "platform", "cpu_count", "numpy_version", "torch_version", "peak_rss_mib",
+        "rss_after_round_mib"}
+
+
+def run(*args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def check_row(row: dict, torch: bool) -> None:
+    assert KEYS <= set(row)
+    for k in ("words_per_sec", "eval_words_per_sec", "gemm_floor_words_per_sec",
+              "ratio_vs_floor", "eval_ratio", "peak_rss_mib"):
+        assert row[k] > 0, k
+    assert (row["hidden_size"], row["batch_size"], row["device"]) == (16, 4, "cpu")
+    assert len(row["rss_after_round_mib"]) == row["repeats"]
+    if torch:
+        assert row["torch_words_per_sec"] > 0 and row["ratio_vs_torch"] > 0
+    else:
+        assert row["torch_words_per_sec"] is None and row["ratio_vs_torch"] is None
+
+
+def test_bench_without_torch():
+    proc, row = run(*TINY, "--no-torch", "--repeats", "2")
+    check_row(row, torch=False)
+    assert row["num_steps"] == 5 and row["dtype"] == "float32"
+    for label in ("ours train", "ours eval", "GEMM floor", "words/s", "ms/step"):
+        assert label in proc.stdout
+
+
+def test_bench_with_torch():
+    pytest.importorskip("torch")
+    proc, row = run(*TINY, "--dtype", "float64", "--json-only")
+    check_row(row, torch=True)
+    assert row["dtype"] == "float64"
+    assert len(proc.stdout.strip().splitlines()) == 1      # --json-only: just the JSON
+
+
+def test_scaling_tiny():
+    proc, out = run(*TINY, "--no-torch", "--scaling", "--scaling-steps", "3,6",
+                    "--scaling-hidden", "8")
+    rows = out["scaling"]
+    assert [(r["sweep"], r["num_steps"], r["hidden_size"]) for r in rows] == [
+        ("num_steps", 3, 16), ("num_steps", 6, 16), ("hidden_size", 5, 8)]
+    for r in rows:
+        assert r["words_per_sec"] > 0 and r["gemm_floor_words_per_sec"] > 0
+    assert "| sweep | T | H |" in proc.stdout
+
+
+def test_gpu_unavailable_exits_2():
+    from zaremba_ref.backend import BackendUnavailable, get_backend
+    try:
+        get_backend("gpu")
+    except BackendUnavailable:
+        pass
+    else:
+        pytest.skip("a GPU backend is available here")
+    proc = subprocess.run([sys.executable, str(SCRIPT), *TINY, "--device", "gpu"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1

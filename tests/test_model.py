@@ -1,0 +1,241 @@
+"""The core: gradients proven by finite differences, windows, dropout placement,
+precision, and argument checks."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import zaremba_ref as z
+from zaremba_ref import CPU
+from zaremba_ref.lstm import lstm_forward
+from zaremba_ref.model import forward
+
+
+def random_case(rng, V, H, L, B, T, mode, p=0.4, dtype=np.float64, scale=0.5):
+    """Parameters, a window, a non-zero state, dstate and fixed masks."""
+    params = z.init_params(V, H, L, scale, seed=int(rng.integers(1 << 30)), dtype=dtype)
+    x = rng.integers(0, V, (B, T))
+    y = rng.integers(0, V, (B, T))
+    state = [(rng.normal(size=(B, H)).astype(dtype), rng.normal(size=(B, H)).astype(dtype))
+             for _ in range(L)]
+    dstate = [(rng.normal(size=(B, H)), rng.normal(size=(B, H))) for _ in range(L)]
+    masks = [((rng.random((B, T, H)) >= p) / (1 - p)).astype(dtype)
+             for _ in range(z.num_masks(mode, L))] or None
+    return params, x, y, state, dstate, masks
+
+
+@settings(max_examples=20, deadline=None)
+@given(V=st.integers(2, 9), H=st.integers(1, 5), L=st.integers(1, 3), B=st.integers(1, 3),
+       T=st.integers(1, 4), mode=st.sampled_from(z.MODES), seed=st.integers(0, 2**31))
+def test_every_gradient_matches_finite_differences(V, H, L, B, T, mode, seed):
+    """Every parameter and the initial state, all three dropout modes, loss = NLL +
+    a random weighted sum of the final state (so the paths into h_T, c_T count too)."""
+    rng = np.random.default_rng(seed)
+    params, x, y, state, dstate, masks = random_case(rng, V, H, L, B, T, mode)
+    errors = z.check_gradients(params, x, y, state, masks, mode=mode, dstate=dstate,
+                               max_entries=12, seed=seed)
+    assert set(errors) == set(params) | {f"state.{l}.{w}" for l in range(1, L + 1) for w in "hc"}
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= 1e-6, (worst, errors[worst])
+
+
+def test_gradient_check_catches_a_wrong_gradient():
+    """The checker is not vacuous: a backward kernel with a 10% error on the carried
+    dc_{t-1} (forward untouched) is caught."""
+    from zaremba_ref import kernels
+
+    def wrong(gates, c_prev, c, dh, dc_next, dz, dc_prev):
+        kernels.lstm_cell_backward(gates, c_prev, c, dh, dc_next, dz, dc_prev)
+        dc_prev *= 0.9
+
+    rng = np.random.default_rng(0)
+    params, x, y, state, dstate, masks = random_case(rng, 6, 3, 2, 2, 3, "zaremba")
+    broken = dataclasses.replace(CPU, lstm_cell_backward=wrong)
+    errors = z.check_gradients(params, x, y, state, masks, dstate=dstate, backend=broken)
+    assert errors["state.1.c"] > 1e-3
+    assert max(z.check_gradients(params, x, y, state, masks, dstate=dstate).values()) < 1e-6
+
+
+def test_one_window_equals_shorter_windows_with_state_carried():
+    rng = np.random.default_rng(1)
+    V, H, L, B, T = 11, 4, 2, 3, 7
+    params, x, y, state, _, _ = random_case(rng, V, H, L, B, T, "none")
+    loss, _, final = z.loss_and_grads(params, x, y, state)
+    y_all, final_fwd = forward(params, x, state)
+    total, carried = 0.0, state
+    for a, b in ((0, 2), (2, 3), (3, 7)):
+        part, _, carried = z.loss_and_grads(params, x[:, a:b], y[:, a:b], carried)
+        total += part * B * (b - a)
+    np.testing.assert_allclose(total / (B * T), loss, rtol=1e-13)
+    for (h1, c1), (h2, c2), (h3, c3) in zip(final, carried, final_fwd):
+        np.testing.assert_allclose(h1, h2, rtol=1e-13, atol=1e-15)
+        np.testing.assert_allclose(c1, c2, rtol=1e-13, atol=1e-15)
+        np.testing.assert_array_equal(h1, h3)
+    # The logits too: step by step with the state carried equals the whole window.
+    carried, rows = state, []
+    for t in range(T):
+        yt, carried = forward(params, x[:, t:t + 1], carried)
+        rows.append(yt)
+    np.testing.assert_allclose(np.concatenate(rows), y_all, rtol=1e-12, atol=1e-14)
+
+
+def test_zaremba_masks_leave_the_recurrence_alone():
+    """All L+1 vertical masks zero: every layer runs on its own h_{t-1}, c_{t-1} exactly
+    as an unmasked layer fed zero inputs would; the softmax sees only its bias."""
+    rng = np.random.default_rng(2)
+    V, H, L, B, T = 8, 5, 3, 2, 6
+    params, x, y, state, _, _ = random_case(rng, V, H, L, B, T, "zaremba")
+    zeros = [np.zeros((B, T, H)) for _ in range(L + 1)]
+    loss, _, final = z.loss_and_grads(params, x, y, state, zeros)
+    for l in range(1, L + 1):
+        cache = lstm_forward(params[f"l{l}.W_x"], params[f"l{l}.W_h"], params[f"l{l}.b_x"],
+                             params[f"l{l}.b_h"], np.zeros((T, B, H)), *state[l - 1], CPU)
+        np.testing.assert_array_equal(final[l - 1][0], cache.h[-1])
+        np.testing.assert_array_equal(final[l - 1][1], cache.c[-1])
+        assert np.abs(cache.h[-1] - state[l - 1][0]).max() > 1e-3   # the state did evolve
+    b = params["softmax.b"]
+    expected = np.mean(np.log(np.exp(b).sum()) - b[y])
+    np.testing.assert_allclose(loss, expected, rtol=1e-12)
+
+
+def test_naive_mode_masks_the_recurrent_state():
+    """naive: the extra L masks act on h_{t-1} inside the recurrence. Zeroing them is
+    the same as an unmasked run with W_h = 0; in zaremba mode nothing of the kind exists."""
+    rng = np.random.default_rng(3)
+    V, H, L, B, T = 8, 4, 2, 2, 5
+    params, x, y, state, _, _ = random_case(rng, V, H, L, B, T, "naive")
+    ones = [np.ones((B, T, H)) for _ in range(L + 1)]
+    rec_zero = [np.zeros((B, T, H)) for _ in range(L)]
+    loss, _, final = z.loss_and_grads(params, x, y, state, ones + rec_zero, mode="naive")
+    no_rec = dict(params, **{f"l{l}.W_h": np.zeros_like(params[f"l{l}.W_h"])
+                             for l in range(1, L + 1)})
+    loss_ref, _, final_ref = z.loss_and_grads(params=no_rec, inputs=x, targets=y, state=state)
+    np.testing.assert_allclose(loss, loss_ref, rtol=1e-13)
+    for (h, c), (hr, cr) in zip(final, final_ref):
+        np.testing.assert_allclose(h, hr, rtol=1e-13)
+        np.testing.assert_allclose(c, cr, rtol=1e-13)
+    # and with recurrent masks of ones, naive is exactly the zaremba run
+    loss1, _, _ = z.loss_and_grads(params, x, y, state, ones + [np.ones((B, T, H))] * L,
+                                   mode="naive")
+    loss2, _, _ = z.loss_and_grads(params, x, y, state, ones)
+    assert loss1 == loss2
+
+
+def test_masks_drawn_from_the_callers_generator():
+    masks = z.draw_masks(np.random.default_rng(0), 0.25, "zaremba", 2, 20, 30, 40, np.float32)
+    assert len(masks) == 3 and all(m.shape == (20, 30, 40) and m.dtype == np.float32
+                                   for m in masks)
+    values = np.unique(np.concatenate([m.ravel() for m in masks]))
+    np.testing.assert_allclose(values, [0, 1 / 0.75])
+    kept = np.mean([np.mean(m > 0) for m in masks])
+    assert abs(kept - 0.75) < 0.01
+    again = z.draw_masks(np.random.default_rng(0), 0.25, "zaremba", 2, 20, 30, 40, np.float32)
+    assert all(np.array_equal(a, b) for a, b in zip(masks, again))
+    assert len(z.draw_masks(np.random.default_rng(0), 0.25, "naive", 2, 2, 3, 4, np.float32)) == 5
+    assert z.draw_masks(np.random.default_rng(0), 0.0, "zaremba", 2, 2, 3, 4, np.float32) == []
+
+
+def test_dropout_rate_draws_masks_from_rng():
+    rng = np.random.default_rng(4)
+    params, x, y, state, _, _ = random_case(rng, 9, 4, 2, 3, 5, "zaremba")
+    a = z.loss_and_grads(params, x, y, state, dropout=0.5, rng=np.random.default_rng(7))[0]
+    b = z.loss_and_grads(params, x, y, state, dropout=0.5, rng=np.random.default_rng(7))[0]
+    masks = z.draw_masks(np.random.default_rng(7), 0.5, "zaremba", 2, 3, 5, 4, np.float64)
+    c = z.loss_and_grads(params, x, y, state, masks)[0]
+    d = z.loss_and_grads(params, x, y, state)[0]
+    assert a == b == c and a != d
+
+
+def test_init_params_uniform_and_reproducible():
+    p = z.init_params(50, 8, 2, 0.1, seed=3)
+    assert list(p) == z.param_names(2)
+    assert all(v.dtype == np.float32 for v in p.values())
+    assert all(np.abs(v).max() <= 0.1 for v in p.values())
+    assert all(np.abs(v).max() > 0.05 for v in p.values())          # biases drawn too
+    assert p["l1.W_x"].shape == (32, 8) and p["l2.b_h"].shape == (32,)
+    q = z.init_params(50, 8, 2, 0.1, seed=3, dtype=np.float64)
+    assert all(np.array_equal(p[k], q[k].astype(np.float32)) for k in p)
+
+
+def test_float32_agrees_with_float64():
+    rng = np.random.default_rng(5)
+    params, x, y, state, dstate, masks = random_case(rng, 30, 16, 2, 4, 8, "zaremba",
+                                                     scale=0.3)
+    l64, g64, f64 = z.loss_and_grads(params, x, y, state, masks, dstate=dstate)
+    p32 = {k: v.astype(np.float32) for k, v in params.items()}
+    s32 = [(h.astype(np.float32), c.astype(np.float32)) for h, c in state]
+    m32 = [m.astype(np.float32) for m in masks]
+    d32 = [(h.astype(np.float32), c.astype(np.float32)) for h, c in dstate]
+    l32, g32, f32 = z.loss_and_grads(p32, x, y, s32, m32, dstate=d32)
+    assert abs(l32 - l64) <= 1e-5 * abs(l64)
+    for k in params:
+        assert g32[k].dtype == np.float32
+        scale = np.abs(g64[k]).max()
+        assert np.abs(g32[k] - g64[k]).max() <= 1e-4 * scale, k
+    for (h32, c32), (h64, c64) in zip(f32, f64):
+        assert h32.dtype == np.float32
+        np.testing.assert_allclose(h32, h64, atol=1e-5)
+        np.testing.assert_allclose(c32, c64, atol=1e-5)
+
+
+def test_global_norm_clipping_and_sgd():
+    params = {"a": np.ones(3), "b": np.zeros((2, 2))}
+    grads = {"a": np.array([3.0, 0, 0]), "b": np.array([[0, 4.0], [0, 0]]), "state": None}
+    assert z.global_norm(grads, ["a", "b"]) == 5.0         # one norm over all parameters
+    assert z.clip_factor(5.0, 10.0) == 1.0 and z.clip_factor(5.0, 1.0) == 0.2
+    before = {k: v.copy() for k, v in params.items()}
+    norm = z.sgd_step(params, grads, lr=0.5, max_norm=1.0)
+    assert norm == 5.0
+    for k in params:                                      # p - lr * (1/5) * g, every p
+        np.testing.assert_allclose(params[k], before[k] - 0.5 * 0.2 * grads[k])
+    # loss_scale multiplies the gradient before the norm is taken
+    params = {k: v.copy() for k, v in before.items()}
+    norm = z.sgd_step(params, grads, lr=1.0, max_norm=100.0, loss_scale=3.0)
+    assert norm == 15.0
+    np.testing.assert_allclose(params["a"], before["a"] - 3.0 * grads["a"])
+
+
+def test_learning_rate_schedule_follows_the_paper():
+    lrs = [z.learning_rate(e, 1.0, 4, 2.0) for e in range(1, 8)]
+    assert lrs == [1, 1, 1, 1, 0.5, 0.25, 0.125]
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(inputs=np.zeros((2, 3, 1), int)), "inputs must be an integer array shaped"),
+    (dict(inputs=np.zeros((2, 3))), "inputs must be an integer array"),
+    (dict(inputs=np.full((2, 3), 9)), "inputs holds token ids in [9, 9], expected ids in [0, 8]"),
+    (dict(targets=np.full((2, 3), -1)), "targets holds token ids in [-1, -1]"),
+    (dict(targets=np.zeros((2, 4), int)), "targets has shape (2, 4), expected (2, 3)"),
+    (dict(state=[(np.zeros((2, 4)), np.zeros((2, 4)))]), "state must be a list of 2"),
+    (dict(state=[(np.zeros((2, 5)), np.zeros((2, 4)))] * 2),
+     "state[0] h has shape (2, 5), expected (batch, hidden) = (2, 4)"),
+    (dict(masks=[np.ones((2, 3, 4))] * 2), "masks must be a list of 3 arrays"),
+    (dict(masks=[np.ones((2, 3, 4))] * 2 + [np.ones((3, 2, 4))]),
+     "masks[2] has shape (3, 2, 4), expected (batch, steps, hidden) = (2, 3, 4)"),
+    (dict(mode="everywhere"), "mode must be one of"),
+    (dict(dropout=1.0), "dropout must be in [0, 1)"),
+    (dict(dropout=0.5), "dropout > 0 needs rng"),
+])
+def test_bad_input_raises_a_clear_value_error(change, message):
+    params = z.init_params(9, 4, 2, dtype=np.float64)
+    args = dict(inputs=np.zeros((2, 3), int), targets=np.zeros((2, 3), int), state=None,
+                masks=None)
+    args.update(change)
+    kwargs = {k: args.pop(k) for k in ("mode", "dropout") if k in args}
+    with pytest.raises(ValueError) as e:
+        z.loss_and_grads(params, **args, **kwargs)
+    assert message in str(e.value)
+
+
+def test_bad_params_raise():
+    params = z.init_params(9, 4, 2)
+    with pytest.raises(ValueError, match="params\\['l2.W_h'\\] has shape"):
+        z.loss_and_grads(dict(params, **{"l2.W_h": np.zeros((4, 4))}), np.zeros((1, 1), int),
+                         np.zeros((1, 1), int))
+    with pytest.raises(ValueError, match="must be >= 1"):
+        z.init_params(0, 4, 2)

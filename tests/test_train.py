@@ -1,0 +1,221 @@
+"""The trainer: learning on real and synthetic text, checkpoints, exact resume after a
+real SIGTERM and SIGKILL, corrupt checkpoints, NaN, and the command line."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from zaremba_ref.checkpoint import CheckpointError, load_checkpoint
+from zaremba_ref.cli import main
+from zaremba_ref.config import PRESETS, Config
+from zaremba_ref.data import Corpus, load_ptb
+from zaremba_ref.train import TrainingError, evaluate, train
+
+from conftest import REPO
+
+TINY = Config(num_layers=2, hidden_size=16, num_steps=10, batch_size=4, init_scale=0.3,
+              dropout=0.0, lr=1.0, decay_start=1, lr_decay=2.0, max_epoch=2, max_grad_norm=5.0)
+
+
+def test_presets_are_the_papers_section_4_1():
+    s, m, l = PRESETS["small"], PRESETS["medium"], PRESETS["large"]
+    assert (s.num_layers, s.hidden_size, s.num_steps, s.batch_size, s.init_scale, s.dropout,
+            s.lr, s.decay_start, s.lr_decay, s.max_epoch, s.max_grad_norm) == \
+        (2, 200, 20, 20, 0.1, 0.0, 1.0, 4, 2.0, 13, 5.0)
+    assert (m.num_layers, m.hidden_size, m.num_steps, m.batch_size, m.init_scale, m.dropout,
+            m.lr, m.decay_start, m.lr_decay, m.max_epoch, m.max_grad_norm) == \
+        (2, 650, 35, 20, 0.05, 0.5, 1.0, 6, 1.2, 39, 5.0)
+    assert (l.num_layers, l.hidden_size, l.num_steps, l.batch_size, l.init_scale, l.dropout,
+            l.lr, l.decay_start, l.lr_decay, l.max_epoch, l.max_grad_norm) == \
+        (2, 1500, 35, 20, 0.04, 0.65, 1.0, 14, 1.15, 55, 10.0)
+    assert s.objective == "sum_steps" and s.loss_scale == 20.0 and m.mode == "zaremba"
+
+
+def _corpus(toy_data: Path) -> Corpus:
+    return load_ptb(toy_data, verify=False)
+
+
+def test_training_lowers_validation_perplexity(toy_data, tmp_path):
+    corpus = _corpus(toy_data)
+    config = TINY.replace(vocab_size=corpus.vocab_size, dropout=0.2)
+    from zaremba_ref.model import init_params
+    before = evaluate(init_params(corpus.vocab_size, 16, 2, 0.3, seed=0), corpus.valid, 4, 10)
+    out = io.StringIO()
+    summary = train(config, corpus, tmp_path / "run", seed=0, out=out)
+    records = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    valid = [r["valid_ppl"] for r in records if "valid_ppl" in r]
+    assert len(valid) == 2 and before > valid[0] > valid[1]
+    assert summary["status"] == "done" and summary["test_ppl"] < 0.6 * before
+    for r in records:
+        assert {"epoch", "step", "lr", "train_ppl", "words_per_sec"} <= set(r)
+    assert records[-1]["test_ppl"] == summary["test_ppl"]
+    assert [r["lr"] for r in records[:2]] == [1.0, 0.5]
+    assert "epoch 1/2" in out.getvalue()                     # plain progress lines (not a tty)
+
+
+def test_real_ptb_smoke_validation_perplexity_falls(ptb_dir, tmp_path):
+    """A tiny model on the real PTB for a few hundred steps."""
+    corpus = load_ptb(ptb_dir)
+    short = Corpus(corpus.vocab, corpus.word_to_id, corpus.train[:40_000],
+                   corpus.valid[:8_000], corpus.test[:4_000])
+    config = TINY.replace(hidden_size=32, batch_size=20, num_steps=10, max_epoch=2,
+                          decay_start=2)
+    from zaremba_ref.model import init_params
+    before = evaluate(init_params(10000, 32, 2, 0.1, seed=0), short.valid, 20, 10)
+    summary = train(config, short, tmp_path / "run", out=io.StringIO())
+    assert summary["valid_ppl"] < 0.2 * before                 # ~10000 -> under 2000
+    assert summary["test_ppl"] < 0.2 * before
+
+
+def _cli(args, env_extra=None, **kw):
+    env = dict(os.environ, PYTHONPATH=str(REPO), OPENBLAS_NUM_THREADS="1",
+               **(env_extra or {}))
+    return subprocess.Popen([sys.executable, "-m", "zaremba_ref", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _train_args(data, out, *extra):
+    return [str(a) for a in ["train", "--data-dir", data, "--no-verify-data", "--out", out, "--hidden-size", 12,
+            "--batch-size", 4, "--num-steps", 5, "--max-epoch", 2, "--dropout", 0.3,
+            "--decay-start", 1, "--save-every", 25, "--seed", 3, *extra]]
+
+
+def _final_params(run: Path) -> dict:
+    params, state, meta, _ = load_checkpoint(run)
+    assert meta["epoch"] == 3 and meta["step"] == 0        # past the last epoch
+    return params
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_resume_after_a_real_kill_is_bit_identical(toy_data, tmp_path, sig):
+    big = tmp_path / "big"
+    from conftest import write_toy_corpus
+    write_toy_corpus(big, words_per_split=(30_000, 2_000, 2_000))
+    ref = _cli(_train_args(big, tmp_path / "ref"))
+    assert ref.wait(timeout=300) == 0, ref.stderr.read()
+
+    run = tmp_path / "run"
+    p = _cli(_train_args(big, run))
+    ckpt = run / "checkpoint.npz"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline:   # wait for the first periodic save
+        time.sleep(0.05)
+    time.sleep(0.3)
+    p.send_signal(sig)
+    rc = p.wait(timeout=60)
+    out = p.stdout.read()
+    if sig == signal.SIGTERM:
+        assert rc == 143 and "interrupted: checkpoint saved" in out
+    else:
+        assert rc == -signal.SIGKILL
+    _, _, meta, _ = load_checkpoint(run)
+    assert meta["epoch"] == 1 and 0 < meta["step"], meta    # stopped inside epoch 1
+    resumed = _cli(_train_args(big, run, "--resume"))
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    assert "resuming" in resumed.stdout.read()
+    a, b = _final_params(tmp_path / "ref"), _final_params(run)
+    assert all(np.array_equal(a[k], b[k]) for k in a)        # bit for bit
+    last = lambda d: json.loads((d / "metrics.jsonl").read_text().splitlines()[-1])  # noqa: E731
+    assert last(tmp_path / "ref")["test_ppl"] == last(run)["test_ppl"]
+
+
+def test_corrupt_or_mismatched_checkpoint_is_refused_and_kept(toy_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(_train_args(toy_data, run, "--max-steps", 3)) == 0
+    ckpt = run / "checkpoint.npz"
+    good = ckpt.read_bytes()
+    capsys.readouterr()
+    # the configuration differs from the checkpoint's
+    assert main(_train_args(toy_data, run, "--resume", "--hidden-size", 13)) == 2
+    err = capsys.readouterr().err
+    assert str(ckpt) in err and "hidden_size: checkpoint 12 vs command line 13" in err
+    assert err.count("\n") == 1
+    # starting again over an existing run without --resume
+    assert main(_train_args(toy_data, run)) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert ckpt.read_bytes() == good
+    # truncated
+    ckpt.write_bytes(good[: len(good) // 2])
+    assert main(_train_args(toy_data, run, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert str(ckpt) in err and "truncated or corrupted" in err
+    assert ckpt.read_bytes() == good[: len(good) // 2]      # nothing overwritten
+    with pytest.raises(CheckpointError):
+        load_checkpoint(ckpt)
+    # garbage with the right name
+    ckpt.write_bytes(b"not a checkpoint")
+    assert main(["evaluate", str(run), "--data-dir", str(toy_data), "--no-verify-data"]) == 2
+    assert "truncated or corrupted" in capsys.readouterr().err
+
+
+def test_nan_stops_training_and_keeps_the_last_good_checkpoint(toy_data, tmp_path):
+    """lr_decay 1e-38 multiplies lr by 1e38 after epoch 1: epoch 2 blows up."""
+    corpus = _corpus(toy_data)
+    config = TINY.replace(vocab_size=corpus.vocab_size, lr_decay=1e-38, max_epoch=3)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"(is (nan|inf)|NaN or Inf) at epoch 2, step \d+"):
+        train(config, corpus, run, save_every=0, out=io.StringIO())
+    _, _, meta, _ = load_checkpoint(run)
+    assert meta["epoch"] == 2 and meta["step"] == 0          # the end of epoch 1, intact
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--hidden-size", "-1"], "hidden_size must be >= 1, got -1"),
+    (["--dropout", "1"], "dropout must be in [0, 1), got 1.0"),
+    (["--mode", "sideways"], "mode must be zaremba, naive or none"),
+    (["--max-steps", "0"], "--max-steps must be >= 1"),
+    (["--device", "gpu"], "--device gpu"),
+])
+def test_bad_command_lines_give_one_line_errors(toy_data, tmp_path, capsys, args, message):
+    if args[0] == "--device":
+        import importlib.util  # the GPU error path needs a machine without cupy
+        if importlib.util.find_spec("cupy") is not None:
+            pytest.skip("cupy is installed here: --device gpu may work")
+    assert main(_train_args(toy_data, tmp_path / "run", *args)) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_missing_data_is_one_line(tmp_path, capsys):
+    assert main(["train", "--data-dir", str(tmp_path), "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "PTB files missing" in err and err.count("\n") == 1
+
+
+def test_unknown_preset_is_rejected(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--config", "huge"])
+    assert e.value.code == 2 and "invalid choice: 'huge'" in capsys.readouterr().err
+
+
+def test_evaluate_and_sample_from_a_run(toy_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(_train_args(toy_data, run, "--max-steps", 20)) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--data-dir", str(toy_data), "--no-verify-data"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["valid_ppl"] > 1 and result["test_ppl"] > 1
+    assert main(["sample", str(run), "--words", "7", "--prime", "w1 w2", "--seed", "1"]) == 0
+    words = capsys.readouterr().out.split()
+    assert 1 <= len(words) <= 7 and all(w.startswith("w") for w in words)
+    assert main(["sample", str(run), "--prime", "zebra"]) == 2
+    assert "not in the vocabulary" in capsys.readouterr().err
+
+
+def test_help_explains_every_option():
+    out = subprocess.run([sys.executable, "-m", "zaremba_ref", "train", "--help"],
+                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert out.returncode == 0
+    for flag in ("--config", "--data-dir", "--device", "--dtype", "--seed", "--out",
+                 "--max-steps", "--resume", "--hidden-size", "--decay-start", "--objective"):
+        assert flag in out.stdout
