@@ -19,20 +19,19 @@ from zaremba_ref.cli import build_parser, config_from_args, run_cli
 from zaremba_ref.data import load_ptb
 from zaremba_ref.train import train
 
-PRESET = "small"
 
-
-def run(argv: list[str]) -> int:
-    args = build_parser().parse_args(["train", "--config", PRESET, *argv])
+def run(preset: str, argv: list[str]) -> int:
+    """Train ``preset`` (small, medium, large) with the command-line options ``argv``."""
+    args = build_parser().parse_args(["train", "--config", preset, *argv])
     config = config_from_args(args)                    # the paper's section 4.1 values
     backend = get_backend(args.device)                 # NumPy, or CuPy with fused kernels
     corpus = load_ptb(args.data_dir, verify=not args.no_verify_data)      # 1. data
-    summary = train(config, corpus, args.out or f"runs/{PRESET}",         # 2. model, 3. loop
+    summary = train(config, corpus, args.out or f"runs/{preset}",         # 2. model, 3. loop
                     backend=backend, dtype=args.dtype, seed=args.seed, resume=args.resume,
                     max_steps=args.max_steps, save_every=args.save_every)
-    print(f"{PRESET}: valid ppl {summary.get('valid_ppl')}, test ppl {summary.get('test_ppl')}")
+    print(f"{preset}: valid ppl {summary.get('valid_ppl')}, test ppl {summary.get('test_ppl')}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(run, sys.argv[1:]))
+    sys.exit(run_cli(lambda: run("small", sys.argv[1:])))

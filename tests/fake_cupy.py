@@ -90,10 +90,9 @@ class Builder:
         self.compiler = compiler or find_compiler()
         if self.compiler is None:
             raise RuntimeError("no C++ compiler found (set $CXX, or install g++)")
-        self.compiled = 0       # how many sources this builder compiled (not cached)
 
     def load(self, source: str) -> ctypes.CDLL:
-        key = hashlib.sha256((self.compiler + " ".join(CXXFLAGS) + source).encode()).hexdigest()[:24]
+        key = hashlib.sha256(" ".join([self.compiler, *CXXFLAGS, source]).encode()).hexdigest()[:24]
         if key in self._loaded:
             return self._loaded[key]
         lib = self.directory / f"k{key}.so"
@@ -108,7 +107,6 @@ class Builder:
                                    + "\n".join(f"{n:4d} {line}" for n, line in
                                                enumerate(source.splitlines(), 1)))
             os.replace(tmp, lib)
-            self.compiled += 1
         self._loaded[key] = ctypes.CDLL(str(lib))
         return self._loaded[key]
 
@@ -209,9 +207,11 @@ class CpuElementwiseKernel:
                 args.append(f"{const}{p.ctype}* {p.name}")
             else:
                 args += [f"{const}char* _raw_{p.name}", f"const long long* _off_{p.name}"]
+                ptr = f"_raw_{p.name} + _off_{p.name}[i]"        # its element at i
                 refs.append(f"{const}{p.ctype} &{p.name} = "
-                            f"*reinterpret_cast<{const}{p.ctype}*>(_raw_{p.name} + _off_{p.name}[i]);")
-        typedefs = "".join(f"typedef {C_TYPES[t][0]} {name};\n" for name, t in sorted(types.items()))
+                            f"*reinterpret_cast<{const}{p.ctype}*>({ptr});")
+        typedefs = "".join(f"typedef {C_TYPES[t][0]} {name};\n"
+                           for name, t in sorted(types.items()))
         body = "\n    ".join(refs)
         return (f"{PROLOGUE}{typedefs}{self.preamble}\n"
                 f'extern "C" void {self.name}({", ".join(args)}) {{\n'
@@ -288,6 +288,19 @@ class CpuElementwiseKernel:
         return ret
 
 
+class FakeGenerator:
+    """What zaremba_ref uses of ``cupy.random.Generator``, drawing NumPy's numbers (so a
+    seed gives the masks of the CPU path). As in CuPy, ``bit_generator.state`` is a
+    method (it returns the device pointer of cuRAND's state), not NumPy's dict."""
+
+    def __init__(self, seed=None):
+        self._numpy = np.random.default_rng(seed)
+        self.bit_generator = types.SimpleNamespace(state=lambda: 0)
+
+    def random(self, size=None, dtype=np.float64, out=None):
+        return self._numpy.random(size, dtype=dtype, out=out)
+
+
 def make_fake_cupy(builder: Builder, device_count: int | Exception = 1):
     """``(cupy, cupyx)`` stand-ins: NumPy arrays, CPU-compiled ElementwiseKernels.
 
@@ -301,7 +314,7 @@ def make_fake_cupy(builder: Builder, device_count: int | Exception = 1):
                  "asarray", "array", "empty", "empty_like", "zeros", "zeros_like",
                  "ascontiguousarray", "arange", "exp", "log", "isfinite", "vdot"):
         setattr(cupy, name, getattr(np, name))
-    cupy.random = types.SimpleNamespace(default_rng=np.random.default_rng)
+    cupy.random = types.SimpleNamespace(default_rng=FakeGenerator)
 
     def get_device_count() -> int:
         if isinstance(device_count, Exception):

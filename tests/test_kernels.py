@@ -135,10 +135,11 @@ def test_lstm_cell_forward(builder, data, shape):
 @given(data=st.data(), shape=cell_shapes())
 def test_lstm_cell_backward(builder, data, shape):
     dtype, B, H = shape
-    gates = data.draw(values(dtype, (B, 4 * H)), label="z")           # saturating pre-activations
-    kernels.sigmoid(gates[:, :3 * H], out=gates[:, :3 * H])            # -> gates as forward saves them
-    np.tanh(gates[:, 3 * H:], out=gates[:, 3 * H:])
-    c_prev, c = data.draw(values(dtype, (B, H)), label="c_prev"), data.draw(values(dtype, (B, H)), label="c")
+    gates = data.draw(values(dtype, (B, 4 * H)), label="z")   # saturating pre-activations,
+    kernels.sigmoid(gates[:, :3 * H], out=gates[:, :3 * H])    # then the gates as the
+    np.tanh(gates[:, 3 * H:], out=gates[:, 3 * H:])            # forward pass saves them
+    c_prev = data.draw(values(dtype, (B, H)), label="c_prev")
+    c = data.draw(values(dtype, (B, H)), label="c")
     dh = data.draw(values(dtype, (B, H), 10.0), label="dh")
     dc_next = data.draw(values(dtype, (B, H), 10.0), label="dc_next")
     dz_want, dcp_want = np.empty((B, 4 * H), dtype), np.empty((B, H), dtype)

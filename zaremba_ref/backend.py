@@ -1,7 +1,8 @@
 """The array backend, chosen once and passed down: NumPy on the CPU, CuPy on the GPU.
 
 A :class:`Backend` bundles the array module ``xp`` with the elementwise kernels
-(``kernels.py`` on the CPU, their CUDA twins in ``cuda_kernels.py`` on the GPU). The
+(the NumPy functions of ``kernels.py`` on the CPU; on the GPU the CUDA kernels whose
+specs sit beside them in ``kernels.py``, built by ``cuda_backend.py``). The
 model code only ever calls ``backend.xp.<fn>`` and ``backend.<kernel>``; it never
 imports numpy or cupy by itself and never asks which one it has.
 

@@ -39,10 +39,13 @@ def check_params(params: dict) -> tuple[int, int, int]:
 
 
 def check_call(params, inputs, targets, state, masks, dropout, mode, rng, dstate, backend):
-    """Check one call of loss_and_grads / loss_only; return the state (zeros if None)."""
+    """Check one call of loss_and_grads / loss_only / forward (targets None); return
+    the state (zeros if None)."""
     from .model import zero_state
     V, H, L = check_params(params)
     for name, a in (("inputs", inputs), ("targets", targets)):
+        if a is None:                                    # forward() has no targets
+            continue
         if len(_shape(a)) != 2 or not np.issubdtype(a.dtype, np.integer):
             raise ValueError(f"{name} must be an integer array shaped (batch, steps), "
                              f"got {getattr(a, 'dtype', type(a).__name__)} {_shape(a)}")
@@ -53,7 +56,7 @@ def check_call(params, inputs, targets, state, masks, dropout, mode, rng, dstate
             raise ValueError(f"{name} holds token ids in [{lo}, {hi}], expected ids in "
                              f"[0, {V - 1}] (vocabulary size {V})")
     B, T = _shape(inputs)
-    if _shape(targets) != (B, T):
+    if targets is not None and _shape(targets) != (B, T):
         raise ValueError(f"targets has shape {_shape(targets)}, expected {(B, T)} like inputs")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")

@@ -160,17 +160,20 @@ def loss_and_grads(params: dict[str, Array], inputs: Array, targets: Array,
     return loss, grads, final_state
 
 
-def forward(params: dict[str, Array], inputs: Array, state: State | None = None, *,
-            backend: Backend = CPU):
-    """Evaluation forward without dropout: the logits y (T*B, V), time-major (row
-    t*B + b is batch row b at step t), and the final state [(h_T, c_T)] * L."""
-    B, T = inputs.shape
-    targets = backend.xp.zeros((B, T), dtype=inputs.dtype)  # not used; shape check only
-    state = check_call(params, inputs, targets, state, None, 0.0, "none", None, None, backend)
+def _eval_logits(params, inputs, state, backend):
+    """Logits y (T*B, V) without dropout, and the final state."""
     caches, h = _forward(params, inputs, state, [], backend)
     y = h @ params["softmax.W"].T                       # (T*B, V)
     y += params["softmax.b"]
     return y, [(cache.h[-1].copy(), cache.c[-1].copy()) for cache in caches]
+
+
+def forward(params: dict[str, Array], inputs: Array, state: State | None = None, *,
+            backend: Backend = CPU):
+    """Evaluation forward without dropout: the logits y (T*B, V), time-major (row
+    t*B + b is batch row b at step t), and the final state [(h_T, c_T)] * L."""
+    state = check_call(params, inputs, None, state, None, 0.0, "none", None, None, backend)
+    return _eval_logits(params, inputs, state, backend)
 
 
 def loss_only(params: dict[str, Array], inputs: Array, targets: Array,
@@ -180,7 +183,7 @@ def loss_only(params: dict[str, Array], inputs: Array, targets: Array,
     The same forward as :func:`loss_and_grads` with no masks and no backward.
     Returns (loss, final_state).
     """
-    check_call(params, inputs, targets, state, None, 0.0, "none", None, None, backend)
-    y, final_state = forward(params, inputs, state, backend=backend)
+    state = check_call(params, inputs, targets, state, None, 0.0, "none", None, None, backend)
+    y, final_state = _eval_logits(params, inputs, state, backend)
     loss, _ = log_softmax_nll(y, targets.T.reshape(-1), backend)
     return loss, final_state

@@ -23,7 +23,8 @@ from .backend import CPU, Backend
 def global_norm(grads: dict[str, Any], names: list[str], backend: Backend = CPU) -> float:
     """||g|| = sqrt(sum over ``names`` of sum(g^2)), one norm over all parameters."""
     xp = backend.xp
-    return math.sqrt(sum(float(xp.vdot(grads[k].ravel(), grads[k].ravel())) for k in names))
+    squares = sum(xp.vdot(grads[k].ravel(), grads[k].ravel()) for k in names)  # on the device
+    return math.sqrt(float(squares))                                            # one sync
 
 
 def clip_factor(norm: float, max_norm: float) -> float:

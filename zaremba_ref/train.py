@@ -90,8 +90,10 @@ def _write_metrics(run_dir: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def _rng_state(rng: Any) -> Any:
-    return rng.bit_generator.state if hasattr(rng, "bit_generator") else None
+def _rng_state(rng: Any) -> dict | None:
+    """NumPy's generator state (a JSON-able dict); None for CuPy's (device state)."""
+    state = getattr(getattr(rng, "bit_generator", None), "state", None)
+    return state if isinstance(state, dict) else None
 
 
 def _check_resumable(path: Path, meta: dict, config: Config, dtype: str, seed: int) -> None:
@@ -126,8 +128,10 @@ def train(config: Config, corpus: Corpus, run_dir: str | Path, *, backend: Backe
         _check_resumable(ckpt, meta, config, dtype, seed)
         params = {k: backend.asarray(v) for k, v in params.items()}
         state = [(backend.asarray(h), backend.asarray(c)) for h, c in state]
-        if meta["rng"] is not None:
-            rng.bit_generator.state = meta["rng"]
+        if isinstance(meta["rng"], dict) and backend.name == "cpu":
+            rng.bit_generator.state = meta["rng"]            # exact resume
+        else:  # the GPU generator's state is not saved: continue with fresh masks
+            rng = backend.rng([seed, meta["global_step"]])
         epoch, step, global_step = meta["epoch"], meta["step"], meta["global_step"]
         loss_sum, words = meta["loss_sum"], meta["words"]
         print(f"resuming {ckpt} at epoch {epoch}, step {step}", file=out)

@@ -1,0 +1,234 @@
+"""The GPU backend (cuda_backend.py): its code path, its errors, and (with -m gpu) CuPy.
+
+Without a GPU, a test double of ``cupy`` (tests/fake_cupy.py) is put into
+``sys.modules`` for one test at a time: its arrays are NumPy arrays and its
+``ElementwiseKernel`` compiles the real kernel text for the CPU. Through it, a whole
+training step on the GPU code path must give what the NumPy path gives, to 1e-12 in
+float64. The test marked ``gpu`` repeats the comparison with the real CuPy on a device.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import sys
+
+import numpy as np
+import pytest
+
+import zaremba_ref as z
+from zaremba_ref import CPU, BackendUnavailable, get_backend, kernels
+from zaremba_ref.cli import main
+from zaremba_ref.config import Config
+from zaremba_ref.data import load_ptb
+from zaremba_ref.cuda_backend import make_gpu_backend
+from zaremba_ref.optim import sgd_step
+from zaremba_ref.train import train, train_step
+
+from fake_cupy import Builder, find_compiler, make_fake_cupy
+
+KERNELS = ("lstm_cell_forward", "lstm_cell_backward", "dropout", "softmax_cross_entropy_grad",
+           "sgd_update")
+
+
+@pytest.fixture(scope="session")
+def builder(tmp_path_factory) -> Builder:
+    if find_compiler() is None:
+        pytest.skip("no C++ compiler (g++ or c++, or $CXX): the fake cupy runs the CUDA "
+                    "kernel bodies compiled for the CPU")
+    return Builder(tmp_path_factory.getbasetemp() / "cpu_kernels")
+
+
+def install(monkeypatch, cupy, cupyx=None) -> None:
+    """Make ``import cupy`` (and cupyx) give these modules, for this test only."""
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setitem(sys.modules, "cupyx", cupyx)
+
+
+@pytest.fixture
+def fake_cupy(builder, monkeypatch):
+    cupy, cupyx = make_fake_cupy(builder)
+    install(monkeypatch, cupy, cupyx)
+    return cupy
+
+
+# -- a case: parameters, a window, a state, dstate, masks ---------------------------------
+
+def make_case(mode, V=11, H=5, L=2, B=3, T=4, seed=0, p=0.4):
+    rng = np.random.default_rng(seed)
+    params = z.init_params(V, H, L, 0.5, seed=seed, dtype=np.float64)
+    x, y = (rng.integers(0, V, (B, T)).astype(np.int32) for _ in range(2))
+    state = [(rng.normal(size=(B, H)), rng.normal(size=(B, H))) for _ in range(L)]
+    dstate = [(rng.normal(size=(B, H)), rng.normal(size=(B, H))) for _ in range(L)]
+    masks = [(rng.random((B, T, H)) >= p) / (1 - p) for _ in range(z.num_masks(mode, L))]
+    return params, x, y, state, dstate, masks or None
+
+
+def run_case(backend, mode, case, dtype=np.float64, lr=0.7, max_norm=0.5):
+    """loss_and_grads then sgd_step on ``backend``; every result as a NumPy array."""
+    params, x, y, state, dstate, masks = case
+    put = lambda a: backend.asarray(np.array(a), dtype=dtype)       # noqa: E731  (a copy)
+    pairs = lambda s: [(put(h), put(c)) for h, c in s]              # noqa: E731
+    params = {k: put(v) for k, v in params.items()}
+    loss, grads, final = z.loss_and_grads(
+        params, backend.asarray(x), backend.asarray(y), pairs(state),
+        [put(m) for m in masks] if masks else None, mode=mode, dstate=pairs(dstate),
+        backend=backend)
+    out = {f"grad {k}": backend.to_numpy(g) for k, g in grads.items() if k != "state"}
+    for l, ((dh, dc), (h, c)) in enumerate(zip(grads["state"], final)):
+        out.update({f"dh0 {l}": backend.to_numpy(dh), f"dc0 {l}": backend.to_numpy(dc),
+                    f"hT {l}": backend.to_numpy(h), f"cT {l}": backend.to_numpy(c)})
+    norm = sgd_step(params, grads, lr, max_norm, loss_scale=4.0, backend=backend)
+    out.update({f"param {k}": backend.to_numpy(v) for k, v in params.items()})
+    return loss, norm, out
+
+
+# -- the GPU code path through the fake cupy ------------------------------------------------
+
+def test_wrappers_have_the_twins_signatures_and_build_each_kernel_once(fake_cupy):
+    gpu = make_gpu_backend()
+    assert gpu.name == "gpu" and gpu.xp is fake_cupy
+    assert gpu.scatter_add is sys.modules["cupyx"].scatter_add
+    for name in KERNELS:
+        assert (list(inspect.signature(getattr(gpu, name)).parameters)
+                == list(inspect.signature(getattr(kernels, name)).parameters)), name
+    assert fake_cupy.kernels == []                                   # nothing built yet
+    B, H = 2, 3
+    x, mask = np.ones((B, H)), np.full((B, H), 2.0)
+    for _ in range(3):
+        out = gpu.dropout(x, mask, out=np.empty((B, H)))            # as lstm.py calls it
+    np.testing.assert_array_equal(out, 2.0)
+    assert [k.name for k in fake_cupy.kernels] == ["dropout"] and fake_cupy.kernels[0].calls == 3
+    assert make_gpu_backend().dropout(x, mask, out=out) is out      # still one kernel
+    assert len(fake_cupy.kernels) == 1
+
+
+@pytest.mark.parametrize("mode", ["zaremba", "naive", "none"])
+def test_a_training_step_on_the_gpu_path_matches_numpy(fake_cupy, mode):
+    case = make_case(mode)
+    cpu_loss, cpu_norm, want = run_case(CPU, mode, case)
+    gpu_loss, gpu_norm, got = run_case(make_gpu_backend(), mode, case)
+    ran = set(KERNELS) - ({"dropout"} if mode == "none" else set())
+    assert {k.name for k in fake_cupy.kernels} == ran                 # each kernel ran
+    assert gpu_loss == pytest.approx(cpu_loss, rel=1e-12)
+    assert gpu_norm == pytest.approx(cpu_norm, rel=1e-12)
+    assert cpu_norm > 0.5                                             # clipping was exercised
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-12, atol=1e-12, err_msg=k)
+
+
+@pytest.mark.parametrize("mode", ["zaremba", "naive"])
+def test_train_step_with_drawn_masks_matches_numpy(fake_cupy, mode):
+    """train_step as the trainer runs it: masks drawn from backend.rng, update applied."""
+    config = Config(num_layers=2, hidden_size=4, num_steps=5, batch_size=2, dropout=0.5,
+                    mode=mode, vocab_size=9, max_grad_norm=1.0)
+    rng = np.random.default_rng(3)
+    x, y = (rng.integers(0, 9, (2, 5)).astype(np.int32) for _ in range(2))
+    results = []
+    for backend in (CPU, make_gpu_backend()):
+        params = z.init_params(9, 4, 2, 0.3, seed=1, dtype=np.float64, backend=backend)
+        state, masks_rng, steps = z.zero_state(params, 2, backend), backend.rng(5), []
+        for _ in range(2):                                            # the state carried on
+            loss, norm, state = train_step(params, backend.asarray(x), backend.asarray(y),
+                                           state, config, 1.0, masks_rng, backend)
+            steps.append((loss, norm))
+        results.append((steps, {k: backend.to_numpy(v) for k, v in params.items()}))
+    (cpu_steps, cpu_params), (gpu_steps, gpu_params) = results
+    np.testing.assert_allclose(gpu_steps, cpu_steps, rtol=1e-12)
+    for k in cpu_params:
+        np.testing.assert_allclose(gpu_params[k], cpu_params[k], rtol=1e-12, atol=1e-12,
+                                   err_msg=k)
+
+
+def test_evaluation_on_the_gpu_path_matches_numpy(fake_cupy):
+    params, x, y, state, _, _ = make_case("none", seed=2)
+    gpu = make_gpu_backend()
+    want, want_state = z.loss_only(params, x, y, state)
+    got, got_state = z.loss_only({k: gpu.asarray(v) for k, v in params.items()},
+                                 gpu.asarray(x), gpu.asarray(y),
+                                 [(gpu.asarray(h), gpu.asarray(c)) for h, c in state],
+                                 backend=gpu)
+    assert got == pytest.approx(want, rel=1e-12)
+    np.testing.assert_allclose(np.array(got_state), np.array(want_state), rtol=1e-12, atol=1e-12)
+
+
+def test_training_on_the_gpu_path_saves_a_checkpoint(fake_cupy, toy_data, tmp_path):
+    corpus = load_ptb(toy_data, verify=False)
+    config = Config(num_layers=1, hidden_size=8, num_steps=5, batch_size=4, dropout=0.5,
+                    vocab_size=corpus.vocab_size, max_epoch=1)
+    summary = train(config, corpus, tmp_path / "run", backend=make_gpu_backend(),
+                    max_steps=2, out=io.StringIO())
+    assert summary["status"] == "max_steps" and (tmp_path / "run" / "checkpoint.npz").exists()
+
+
+# -- the errors: one line, what to install or check ---------------------------------------
+
+def test_without_cupy_the_message_says_what_to_install(monkeypatch):
+    install(monkeypatch, None)                                        # import cupy fails
+    with pytest.raises(BackendUnavailable) as err:
+        get_backend("gpu")
+    msg = str(err.value)
+    assert "\n" not in msg and "not installed" in msg
+    for part in ('pip install "zaremba_ref[gpu]"', "cupy-cuda12x", "cupy-cuda11x"):
+        assert part in msg
+
+
+@pytest.mark.parametrize("count, words", [(0, "no CUDA device is visible"),
+                                          (RuntimeError("cudaErrorNoDevice"), "cudaErrorNoDevice")])
+def test_without_a_device_the_message_says_what_to_check(builder, monkeypatch, count, words):
+    install(monkeypatch, *make_fake_cupy(builder, device_count=count))
+    with pytest.raises(BackendUnavailable, match=words) as err:
+        make_gpu_backend()
+    assert "\n" not in str(err.value) and "--device cpu" in str(err.value)
+
+
+@pytest.mark.parametrize("cause", ["no cupy", "no device"])
+def test_cli_exits_2_with_one_line(builder, monkeypatch, capsys, tmp_path, cause):
+    if cause == "no cupy":
+        install(monkeypatch, None)
+    else:
+        install(monkeypatch, *make_fake_cupy(builder, device_count=0))
+    code = main(["train", "--device", "gpu", "--max-steps", "1", "--out", str(tmp_path / "run")])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err.startswith("error: --device gpu") and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+# -- the real thing -----------------------------------------------------------------------
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [dict(V=50, H=16, L=2, B=4, T=5),
+                                   dict(V=97, H=33, L=1, B=7, T=3),
+                                   dict(V=40, H=64, L=3, B=2, T=8)])
+@pytest.mark.parametrize("mode", ["zaremba", "naive", "none"])
+def test_cupy_matches_numpy(shape, mode):
+    """CuPy float64 equals NumPy float64 to 1e-10 (loss, every gradient, final state,
+    updated params); CuPy float32 is as close to it as NumPy float32 is."""
+    cupy = pytest.importorskip("cupy")
+    try:
+        if cupy.cuda.runtime.getDeviceCount() == 0:
+            pytest.skip("no CUDA device")
+    except Exception as e:  # no driver
+        pytest.skip(f"CUDA not usable: {e}")
+    gpu = get_backend("gpu")
+    assert gpu.xp is cupy
+    case = make_case(mode, seed=shape["V"], **shape)
+    loss64, norm64, want = run_case(CPU, mode, case)
+    gpu_loss, gpu_norm, got = run_case(gpu, mode, case)
+    assert gpu_loss == pytest.approx(loss64, rel=1e-10)
+    assert gpu_norm == pytest.approx(norm64, rel=1e-10)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-10, atol=1e-10, err_msg=k)
+
+    loss32, _, cpu32 = run_case(CPU, mode, case, dtype=np.float32)
+    gpu_loss32, _, gpu32 = run_case(gpu, mode, case, dtype=np.float32)
+    assert abs(gpu_loss32 - loss64) <= max(10 * abs(loss32 - loss64), 1e-5 * abs(loss64))
+    for k in want:
+        bound = max(10 * rel_err(cpu32[k], want[k]), 1e-5)
+        assert rel_err(gpu32[k], want[k]) <= bound, (k, rel_err(gpu32[k], want[k]), bound)
