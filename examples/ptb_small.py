@@ -15,7 +15,7 @@ The three steps, each in its own module of the package:
 import sys
 
 from zaremba_ref.backend import get_backend
-from zaremba_ref.cli import build_parser, config_from_args, run_cli
+from zaremba_ref.cli import build_parser, config_from_args, exit_code, run_cli
 from zaremba_ref.data import load_ptb
 from zaremba_ref.train import train
 
@@ -30,7 +30,7 @@ def run(preset: str, argv: list[str]) -> int:
                     backend=backend, dtype=args.dtype, seed=args.seed, resume=args.resume,
                     max_steps=args.max_steps, save_every=args.save_every)
     print(f"{preset}: valid ppl {summary.get('valid_ppl')}, test ppl {summary.get('test_ppl')}")
-    return 0
+    return exit_code(summary)                          # 130/143 if stopped by a signal
 
 
 if __name__ == "__main__":

@@ -158,6 +158,7 @@ def test_corrupt_or_mismatched_checkpoint_is_refused_and_kept(toy_data, tmp_path
     assert "truncated or corrupted" in capsys.readouterr().err
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # overflow is the point
 def test_nan_stops_training_and_keeps_the_last_good_checkpoint(toy_data, tmp_path):
     """lr_decay 1e-38 multiplies lr by 1e38 after epoch 1: epoch 2 blows up."""
     corpus = _corpus(toy_data)
@@ -219,3 +220,14 @@ def test_help_explains_every_option():
     for flag in ("--config", "--data-dir", "--device", "--dtype", "--seed", "--out",
                  "--max-steps", "--resume", "--hidden-size", "--decay-start", "--objective"):
         assert flag in out.stdout
+
+
+def test_example_script_trains_and_checkpoints(toy_data, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, str(REPO / "examples/ptb_small.py"), "--data-dir",
+                          str(toy_data), "--no-verify-data", "--out", str(tmp_path / "run"),
+                          "--hidden-size", "8", "--max-steps", "3"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "max_steps: checkpoint saved" in out.stdout
+    assert (tmp_path / "run/checkpoint.npz").exists()

@@ -14,7 +14,7 @@ import math
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .backend import BackendUnavailable, get_backend
 from .checkpoint import CheckpointError, load_checkpoint
@@ -153,6 +153,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
                     seed=args.seed, resume=args.resume, max_steps=args.max_steps,
                     save_every=args.save_every)
     print("summary " + json.dumps(summary), flush=True)
+    return exit_code(summary)
+
+
+def exit_code(summary: dict) -> int:
+    """0, or the shell's 130/143 for a run stopped by SIGINT/SIGTERM (checkpoint saved)."""
     return EXIT_SIGNAL.get(summary.get("signal"), 0) if summary["status"] == "interrupted" else 0
 
 
@@ -264,22 +269,26 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_cli(fn: Callable[[], int]) -> int:
+    """Run ``fn()`` (a command, or an example's main) and turn every expected failure
+    into one line on stderr and its exit code: 2, or 1 for a diverged training run."""
+    from .trace import CompareError
+    from .train import TrainingError
+    try:
+        return fn()
+    except (DataError, CheckpointError, BackendUnavailable, CompareError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TrainingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = {"train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample,
                "trace": _cmd_trace, "compare": _cmd_compare}
-    from .trace import CompareError
-    try:
-        return command[args.command](args)
-    except (DataError, CheckpointError, BackendUnavailable, CompareError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # TrainingError and the like: still one line
-        from .train import TrainingError
-        if isinstance(e, TrainingError):
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        raise
+    return run_cli(lambda: command[args.command](args))
 
 
 if __name__ == "__main__":  # pragma: no cover

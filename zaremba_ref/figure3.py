@@ -34,7 +34,10 @@ model itself: in zaremba mode, keeping only the L + 1 mask entries of
 t - k change the prediction at t, for every k, and zeroing any one of them cuts it
 exactly; in naive mode with the forget gate closed (so that h is the only carrier
 across time, as in the figure), L + 1 + k entries are needed and each one of them is
-necessary.
+necessary. What the count does not say: that the gradient's value ignores the other
+masks. Every mask entry before t changes the activations the information meets on
+its way (the LSTM is not linear); only the masks after t leave it exactly unchanged
+(tested too).
 """
 
 from __future__ import annotations

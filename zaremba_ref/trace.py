@@ -30,6 +30,9 @@ activations of z).
 To hand to another implementation: the same params (``oracle.py`` converts the
 layouts), ``state.*``, ``mask.*`` and the word ids; then compare its arrays with
 ``compare`` below (reorder gate blocks first, see ``oracle.py``).
+
+``zaremba_ref.trace`` is the function; import this module's other names with
+``from zaremba_ref.trace import compare_traces, load_trace``.
 """
 
 from __future__ import annotations
@@ -39,10 +42,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from .backend import CPU
+from .checks import check_call
 from .dropout import draw_masks
 from .model import _forward, loss_and_grads, num_layers_of, param_names
-
-TRACE_FORMAT = "zaremba_ref.trace.v1"
 
 
 def trace(params: dict, inputs: np.ndarray, targets: np.ndarray, state: list | None = None,
@@ -56,20 +58,19 @@ def trace(params: dict, inputs: np.ndarray, targets: np.ndarray, state: list | N
     f64 = lambda a: np.array(a.get() if hasattr(a, "get") else a, dtype=np.float64)  # noqa: E731
     params = {k: f64(v) for k, v in params.items()}
     inputs, targets = np.asarray(inputs), np.asarray(targets)
+    state = None if state is None else [(f64(h), f64(c)) for h, c in state]
+    masks = [f64(m) for m in masks] if masks else None
+    dstate = None if dstate is None else [(f64(h), f64(c)) for h, c in dstate]
+    check_call(params, inputs, targets, state, masks, dropout, mode, rng, dstate, CPU)
     B, T = inputs.shape
     V, H = params["embedding"].shape
     L = num_layers_of(params)
     if state is None:
         state = [(np.zeros((B, H)), np.zeros((B, H))) for _ in range(L)]
-    state = [(f64(h), f64(c)) for h, c in state]
     if masks is None and dropout > 0 and mode != "none":
-        if rng is None:
-            raise ValueError("dropout > 0 needs rng (a seeded generator) or explicit masks")
         masks = draw_masks(rng, dropout, mode, L, B, T, H, np.float64)
-    masks = [f64(m) for m in masks] if masks else None
-    dstate = None if dstate is None else [(f64(h), f64(c)) for h, c in dstate]
 
-    # The backward pass (and the checks of every argument) by the model itself
+    # The backward pass by the model itself
     loss, grads, _ = loss_and_grads(params, inputs, targets, state, masks, mode=mode,
                                     dstate=dstate)
 

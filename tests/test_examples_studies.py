@@ -1,0 +1,100 @@
+"""Smoke runs of the study examples: dropout_placement.py (tiny budget) and
+check_against_torch.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+
+def load_example(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+TINY = ["--hidden-size", "16", "--epochs", "2", "--max-steps-per-epoch", "20",
+        "--num-steps", "5", "--batch-size", "4"]
+
+
+def check_study(out: Path, stdout: str, modes=("none", "naive", "zaremba"), epochs=2):
+    records = [json.loads(line) for line in (out / "placement.jsonl").read_text().splitlines()]
+    assert [(r["mode"], r["epoch"]) for r in records] == \
+        [(m, e) for m in modes for e in range(1, epochs + 1)]
+    for r in records:
+        assert r["steps"] <= 20 and r["valid_ppl"] > 1 and r["train_ppl"] > 1
+    lines = stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("epoch "))
+    assert lines[header].split() == ["epoch", *modes]
+    for e in range(1, epochs + 1):
+        row = lines[header + e].split()
+        assert row[0] == str(e) and len(row) == 1 + 2 * len(modes)
+        valid = [float(v) for v in row[1::2]]
+        expected = [r["valid_ppl"] for r in records if r["epoch"] == e]
+        assert valid == pytest.approx(expected, abs=0.006)
+    assert lines[header + epochs + 1].startswith("best")
+    for m in modes:
+        assert (out / m / "checkpoint.npz").exists()
+    return records
+
+
+def test_dropout_placement_smoke_on_a_toy_corpus(toy_data, tmp_path, capsys):
+    study = load_example("dropout_placement")
+    out = tmp_path / "study"
+    code = study.main(["--data-dir", str(toy_data), "--no-verify-data", "--out", str(out),
+                       *TINY])
+    assert code == 0
+    records = check_study(out, capsys.readouterr().out)
+    # the modes differ only in where dropout goes
+    by_mode = {r["mode"]: r for r in records if r["epoch"] == 2}
+    assert by_mode["none"]["valid_ppl"] != by_mode["zaremba"]["valid_ppl"]
+    assert (out / "placement.png").exists() == (importlib.util.find_spec("matplotlib")
+                                                is not None)
+
+
+def test_without_dropout_the_three_placements_are_one_run(toy_data, tmp_path, capsys):
+    """Same seed, same weights, same budget: with p = 0 the modes cannot differ."""
+    study = load_example("dropout_placement")
+    out = tmp_path / "p0"
+    assert study.main(["--data-dir", str(toy_data), "--no-verify-data", "--out", str(out),
+                       "--dropout", "0", *TINY]) == 0
+    records = check_study(out, capsys.readouterr().out)
+    for e in (1, 2):
+        ppl = {r["valid_ppl"] for r in records if r["epoch"] == e}
+        assert len(ppl) == 1
+
+
+def test_dropout_placement_smoke_on_ptb(ptb_dir, tmp_path, capsys):
+    study = load_example("dropout_placement")
+    out = tmp_path / "ptb"
+    assert study.main(["--data-dir", str(ptb_dir), "--out", str(out), "--modes",
+                       "naive,zaremba", "--max-valid-words", "500", *TINY]) == 0
+    check_study(out, capsys.readouterr().out, modes=("naive", "zaremba"))
+
+
+def test_dropout_placement_bad_options(toy_data, tmp_path, capsys):
+    from zaremba_ref.cli import run_cli
+    study = load_example("dropout_placement")
+    for bad in (["--modes", "none,other"], ["--train-fraction", "0"],
+                ["--max-steps-per-epoch", "0"], ["--max-valid-words", "0"],
+                ["--dropout", "1.5"]):
+        argv = ["--data-dir", str(toy_data), "--no-verify-data", "--out", str(tmp_path),
+                *bad]
+        assert run_cli(lambda: study.main(argv)) == 2, bad
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and len(err.splitlines()) == 1
+
+
+def test_check_against_torch_agrees():
+    pytest.importorskip("torch", reason="PyTorch is not installed")
+    example = load_example("check_against_torch")
+    assert example.main(["--layers", "3", "--steps", "4"]) == 0
+    assert example.main(["--dropout", "0", "--steps", "1", "--layers", "1"]) == 0
