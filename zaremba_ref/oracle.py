@@ -43,8 +43,20 @@ from typing import Any
 
 import numpy as np
 
+from .model import param_names
+
 OURS_TO_TORCH = (0, 1, 3, 2)   # torch block k is our block OURS_TO_TORCH[k]: i, f, g, o
 OURS_TO_TORCH7 = (0, 3, 1, 2)  # Torch7 block k is our block OURS_TO_TORCH7[k]: i, g, f, o
+
+# Our key -> the other layout's key ({l}: our 1-based layer, {k}: 0-based), and its gate order.
+TORCH = ({"embedding": "embedding.weight",
+          "l{l}.W_x": "lstm.weight_ih_l{k}", "l{l}.W_h": "lstm.weight_hh_l{k}",
+          "l{l}.b_x": "lstm.bias_ih_l{k}", "l{l}.b_h": "lstm.bias_hh_l{k}",
+          "softmax.W": "decoder.weight", "softmax.b": "decoder.bias"}, OURS_TO_TORCH)
+TORCH7 = ({"embedding": "lookup.weight",
+           "l{l}.W_x": "l{l}.i2h.weight", "l{l}.W_h": "l{l}.h2h.weight",
+           "l{l}.b_x": "l{l}.i2h.bias", "l{l}.b_h": "l{l}.h2h.bias",
+           "softmax.W": "h2y.weight", "softmax.b": "h2y.bias"}, OURS_TO_TORCH7)
 
 
 def _reorder(a: np.ndarray, order: tuple[int, ...]) -> np.ndarray:
@@ -66,41 +78,47 @@ def _host(d: dict[str, Any]) -> dict[str, np.ndarray]:
     return {k: one(v) for k, v in d.items() if k != "state"}
 
 
+def _key_pairs(layout, num_layers: int) -> list[tuple[str, str, bool]]:
+    """(our key, their key, is a gate-ordered tensor) for every parameter."""
+    names, _ = layout
+    pairs = []
+    for ours, theirs in names.items():
+        layers = range(1, num_layers + 1) if "{l}" in ours else [None]
+        for l in layers:
+            fmt = {} if l is None else {"l": l, "k": l - 1}
+            pairs.append((ours.format(**fmt), theirs.format(**fmt), l is not None))
+    order = {name: n for n, name in enumerate(param_names(num_layers))}
+    return sorted(pairs, key=lambda pair: order[pair[0]])          # our usual key order
+
+
+def _to(layout, params_or_grads: dict[str, Any]) -> dict[str, np.ndarray]:
+    p = _host(params_or_grads)
+    L = sum(1 for k in p if k.endswith(".W_h"))
+    return {theirs: _reorder(p[ours], layout[1]) if gated else p[ours]
+            for ours, theirs, gated in _key_pairs(layout, L)}
+
+
+def _from(layout, d: dict[str, Any]) -> dict[str, np.ndarray]:
+    sd = _host(d)
+    W_h = layout[0]["l{l}.W_h"]
+    L = sum(1 for l in range(1, len(sd) + 1) if W_h.format(l=l, k=l - 1) in sd)
+    back = _inverse(layout[1])
+    return {ours: np.ascontiguousarray(_reorder(sd[theirs], back) if gated else sd[theirs])
+            for ours, theirs, gated in _key_pairs(layout, L)}
+
+
 def params_to_torch(params_or_grads: dict[str, Any]) -> dict[str, np.ndarray]:
     """Our params (or grads) as NumPy arrays keyed like a PyTorch model's state_dict.
 
     Works on grads too (their ``"state"`` entry is left out), so that gradients can
     be compared key by key with PyTorch's ``.grad``.
     """
-    p = _host(params_or_grads)
-    out = {"embedding.weight": p["embedding"]}
-    L = sum(1 for k in p if k.endswith(".W_h"))
-    for l in range(1, L + 1):
-        k = l - 1
-        out[f"lstm.weight_ih_l{k}"] = _reorder(p[f"l{l}.W_x"], OURS_TO_TORCH)
-        out[f"lstm.weight_hh_l{k}"] = _reorder(p[f"l{l}.W_h"], OURS_TO_TORCH)
-        out[f"lstm.bias_ih_l{k}"] = _reorder(p[f"l{l}.b_x"], OURS_TO_TORCH)
-        out[f"lstm.bias_hh_l{k}"] = _reorder(p[f"l{l}.b_h"], OURS_TO_TORCH)
-    out["decoder.weight"] = p["softmax.W"]
-    out["decoder.bias"] = p["softmax.b"]
-    return out
+    return _to(TORCH, params_or_grads)
 
 
 def params_from_torch(state_dict: dict[str, Any]) -> dict[str, np.ndarray]:
     """A PyTorch state_dict (tensors or arrays, keys as above) as our params dict."""
-    sd = _host(state_dict)
-    back = _inverse(OURS_TO_TORCH)
-    out = {"embedding": sd["embedding.weight"]}
-    L = sum(1 for k in sd if k.startswith("lstm.weight_hh_l"))
-    for l in range(1, L + 1):
-        k = l - 1
-        out[f"l{l}.W_x"] = _reorder(sd[f"lstm.weight_ih_l{k}"], back)
-        out[f"l{l}.W_h"] = _reorder(sd[f"lstm.weight_hh_l{k}"], back)
-        out[f"l{l}.b_x"] = _reorder(sd[f"lstm.bias_ih_l{k}"], back)
-        out[f"l{l}.b_h"] = _reorder(sd[f"lstm.bias_hh_l{k}"], back)
-    out["softmax.W"] = sd["decoder.weight"]
-    out["softmax.b"] = sd["decoder.bias"]
-    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+    return _from(TORCH, state_dict)
 
 
 def params_to_torch7(params_or_grads: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -110,33 +128,12 @@ def params_to_torch7(params_or_grads: dict[str, Any]) -> dict[str, np.ndarray]:
     ``W_x``, ``b_x`` and ``h2h`` our ``W_h``, ``b_h``, both already (out, in) like
     ``nn.Linear``.
     """
-    p = _host(params_or_grads)
-    out = {"lookup.weight": p["embedding"]}
-    L = sum(1 for k in p if k.endswith(".W_h"))
-    for l in range(1, L + 1):
-        out[f"l{l}.i2h.weight"] = _reorder(p[f"l{l}.W_x"], OURS_TO_TORCH7)
-        out[f"l{l}.i2h.bias"] = _reorder(p[f"l{l}.b_x"], OURS_TO_TORCH7)
-        out[f"l{l}.h2h.weight"] = _reorder(p[f"l{l}.W_h"], OURS_TO_TORCH7)
-        out[f"l{l}.h2h.bias"] = _reorder(p[f"l{l}.b_h"], OURS_TO_TORCH7)
-    out["h2y.weight"] = p["softmax.W"]
-    out["h2y.bias"] = p["softmax.b"]
-    return out
+    return _to(TORCH7, params_or_grads)
 
 
 def params_from_torch7(d: dict[str, Any]) -> dict[str, np.ndarray]:
     """Weights keyed as in :func:`params_to_torch7` (arrays or tensors) as our params."""
-    sd = _host(d)
-    back = _inverse(OURS_TO_TORCH7)
-    out = {"embedding": sd["lookup.weight"]}
-    L = sum(1 for k in sd if k.endswith(".h2h.weight"))
-    for l in range(1, L + 1):
-        out[f"l{l}.W_x"] = _reorder(sd[f"l{l}.i2h.weight"], back)
-        out[f"l{l}.W_h"] = _reorder(sd[f"l{l}.h2h.weight"], back)
-        out[f"l{l}.b_x"] = _reorder(sd[f"l{l}.i2h.bias"], back)
-        out[f"l{l}.b_h"] = _reorder(sd[f"l{l}.h2h.bias"], back)
-    out["softmax.W"] = sd["h2y.weight"]
-    out["softmax.b"] = sd["h2y.bias"]
-    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+    return _from(TORCH7, d)
 
 
 def state_to_torch7(state: list) -> list:
