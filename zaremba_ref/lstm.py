@@ -95,7 +95,7 @@ def lstm_backward(cache: LayerCache, W_x: Array, W_h: Array, dh_out: Array,
         dc_next, dc_prev = dc_prev, dc_next            # dL/dc_{t-1} becomes the carried dc
         dh_next = dz[t - 1] @ W_h                      # through W_h h_{t-1}   (B, H)
         if cache.h_mask is not None:                   # naive mode: through D(h_{t-1})
-            dh_next *= cache.h_mask[t - 1]
+            backend.dropout(dh_next, cache.h_mask[t - 1], out=dh_next)
     dZ = dz.reshape(T * B, 4 * H)
     dW_x = dZ.T @ x.reshape(T * B, H_in)               # sum_t dz_t x_t^T        (4H, H_in)
     dW_h = dZ.T @ cache.h_rec.reshape(T * B, H)        # sum_t dz_t h_{t-1}^T    (4H, H)

@@ -139,20 +139,21 @@ def loss_and_grads(params: dict[str, Array], inputs: Array, targets: Array,
     loss, dy = softmax_nll_and_grad(y, w, backend)      # dy = (softmax - onehot) / N
     grads = {"softmax.W": dy.T @ hD,                    # (V, H)
              "softmax.b": dy.sum(axis=0)}               # (V,)
-    dx = (dy @ W_s).reshape(caches[-1].x.shape)         # dL/dD(h^L)              (T, B, H)
+    B, T = inputs.shape
+    dx = (dy @ W_s).reshape(T, B, -1)                   # dL/dD(h^L)              (T, B, H)
 
     # Down through the layers, each one backward through time
     grads["state"] = [None] * L
     for l in range(L, 0, -1):
         if tm_masks:
-            dx *= tm_masks[l]                           # through D(h^l)
+            backend.dropout(dx, tm_masks[l], out=dx)    # through D(h^l): dx * mask
         dh_T, dc_T = dstate[l - 1] if dstate is not None else (xp.zeros_like(state[0][0]),) * 2
         dx, dW_x, dW_h, db, dh_0, dc_0 = lstm_backward(
             caches[l - 1], params[f"l{l}.W_x"], params[f"l{l}.W_h"], dx, dh_T, dc_T, backend)
         grads.update({f"l{l}.W_x": dW_x, f"l{l}.W_h": dW_h, f"l{l}.b_x": db, f"l{l}.b_h": db.copy()})
         grads["state"][l - 1] = (dh_0, dc_0)
     if tm_masks:
-        dx *= tm_masks[0]                               # through D(h^0)
+        backend.dropout(dx, tm_masks[0], out=dx)        # through D(h^0)
     dE = xp.zeros_like(params["embedding"])
     backend.scatter_add(dE, inputs.T.reshape(-1), dx.reshape(-1, dx.shape[2]))  # rows of used words
     grads["embedding"] = dE
