@@ -55,6 +55,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="threads for NumPy's BLAS and torch (default: "
                    "OPENBLAS/OMP_NUM_THREADS if set, else the CPUs this process may use); "
                    "on a busy machine 1 avoids oversubscription of the two thread pools")
+    p.add_argument("--settle", type=float, default=0.3,
+                   help="seconds of pause (untimed) before each contender's round, so that "
+                        "the previous one's worker threads, which spin for a while after "
+                        "their work (OpenBLAS ~0.1 s, OpenMP), do not steal its cores")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch contender")
     p.add_argument("--json-only", action="store_true", help="print only the JSON line")
     p.add_argument("--scaling", action="store_true", help="sweep T over --scaling-steps "
@@ -224,6 +228,7 @@ def bench(cfg, args, backend, threads) -> dict:
     for r in range(args.repeats):
         for k in order[r % len(order):] + order[:r % len(order)]:
             fn, sy = steps[k]
+            time.sleep(args.settle)  # let the last contender's spinning BLAS/OpenMP threads idle
             t0 = time.perf_counter()
             for _ in range(args.steps):
                 fn()

@@ -32,7 +32,8 @@ def log_softmax_nll(y: Array, w: Array, backend: Backend) -> tuple[float, Array]
     y -= y.max(axis=1, keepdims=True)              # shift for stability    (N, V)
     y_w = y[xp.arange(N), w]                       # shifted target logits  (N,)
     xp.exp(y, out=y)
-    sums = y.sum(axis=1, keepdims=True)            # Z_n e^{-max}            (N, 1)
+    sums = (y @ xp.ones(y.shape[1], y.dtype))[:, None]  # row sums Z_n e^{-max} (N, 1); a
+    # matrix-vector product, since BLAS sums rows ~5x faster than y.sum(axis=1)
     loss = float((xp.log(sums[:, 0]) - y_w).astype(xp.float64).mean())
     return loss, sums
 
