@@ -78,3 +78,10 @@ def test_gpu_unavailable_exits_2():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_profile_step_smoke():
+    out = subprocess.run([sys.executable, str(SCRIPT.parent / "profile_step.py"),
+                          "--steps", "1"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "softmax product dW_s" in out.stdout and "words/s" in out.stdout
