@@ -3,9 +3,8 @@
     python examples/ptb_large.py --device gpu [--data-dir DIR] [--out RUN_DIR] [--resume]
 
 The same script as ptb_small.py (read that one for the walk-through), with the
-large preset of the paper's section 4.1. On a CPU it runs, but
-takes about two days
-on a 2-core CPU (~280 words/s).
+large preset of the paper's section 4.1. On a CPU it runs, but takes
+about two days on a 2-core CPU (~280 words/s).
 """
 
 import sys

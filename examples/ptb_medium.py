@@ -3,9 +3,8 @@
     python examples/ptb_medium.py --device gpu [--data-dir DIR] [--out RUN_DIR] [--resume]
 
 The same script as ptb_small.py (read that one for the walk-through), with the
-medium preset of the paper's section 4.1. On a CPU it runs, but
-takes about 7 hours
-on a 2-core CPU (1,600 words/s).
+medium preset of the paper's section 4.1. On a CPU it runs, but takes
+about 7 hours on a 2-core CPU (1,600 words/s).
 """
 
 import sys
