@@ -7,8 +7,8 @@ For N = B*T predictions with logits y_n (V,) and target words w_n::
 
 The paper's objective for a window is the sum over its T steps of the batch-mean
 NLL, i.e. T * loss. The trainer (``optim.sgd_step``) folds that factor T into the
-update, so that lr = 1 means what it meant in the paper; see docs in README,
-"Loss scaling".
+update, so that lr = 1 means what it meant in the paper (see ``optim.py`` and
+the README's "Conventions").
 """
 
 from __future__ import annotations
