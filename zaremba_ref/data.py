@@ -257,3 +257,14 @@ def windows(batched: np.ndarray, num_steps: int,
                    np.ascontiguousarray(batched[:, lo + 1:lo + num_steps + 1], dtype=np.int32))
 
     return gen()
+
+
+def evaluation_windows(batched: np.ndarray,
+                       num_steps: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Every window of :func:`windows`, then the shorter last one with the words left
+    over, so that one pass predicts every word after the first of each row once."""
+    yield from windows(batched, num_steps)
+    tail = num_windows(batched, num_steps) * num_steps
+    if batched.shape[1] - 1 > tail:
+        yield (np.ascontiguousarray(batched[:, tail:-1], dtype=np.int32),
+               np.ascontiguousarray(batched[:, tail + 1:], dtype=np.int32))

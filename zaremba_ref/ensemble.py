@@ -7,7 +7,8 @@ prediction is the average of their predicted probabilities::
 
 The average is of probabilities, not of log-probabilities (that would be a product
 of experts, a different model). It is computed as a log-sum-exp over the members'
-log-probabilities of the target, so that it stays exact in float32 too.
+log-probabilities of the target (in float64 on the host), so that it stays exact
+when the members' probabilities are tiny.
 
 The pass over the stream is the one of :func:`zaremba_ref.train.evaluate`: one pass
 in order, the state carried from window to window, no dropout, every word after
@@ -23,25 +24,14 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from .backend import CPU, Backend
-from .data import batchify, num_windows, windows
+from .data import batchify, evaluation_windows
+from .loss import target_log_probs
 from .model import forward
 
 
 class EnsembleResult(NamedTuple):
     perplexity: float                 # of the averaged probabilities
     member_perplexities: list[float]  # each member alone, on the same windows
-
-
-def _target_log_probs(y, w, backend: Backend) -> np.ndarray:
-    """log softmax(y)[n, w_n] for logits y (N, V) and targets w (N,), in float64 on
-    the host. Works in place over ``y``."""
-    xp = backend.xp
-    N = y.shape[0]
-    y -= y.max(axis=1, keepdims=True)                          # shift for stability
-    y_w = y[xp.arange(N), w].astype(xp.float64)                # (N,)
-    xp.exp(y, out=y)
-    log_z = xp.log(y.sum(axis=1).astype(xp.float64))           # (N,)
-    return backend.to_numpy(y_w - log_z)
 
 
 def evaluate_ensemble(list_of_params: Sequence[dict], stream: np.ndarray, batch_size: int,
@@ -56,22 +46,16 @@ def evaluate_ensemble(list_of_params: Sequence[dict], stream: np.ndarray, batch_
     vocab = {p["embedding"].shape[0] for p in list_of_params}
     if len(vocab) != 1:
         raise ValueError(f"members have different vocabulary sizes {sorted(vocab)}")
-    data = batchify(stream, batch_size)
-    n = num_windows(data, num_steps)
-    pairs = list(windows(data, num_steps))
-    tail = n * num_steps
-    if data.shape[1] - 1 > tail:                      # the words after the last full window
-        pairs.append((data[:, tail:-1], data[:, tail + 1:]))
     M = len(list_of_params)
     states = [None] * M                               # None: forward starts from zeros
     total, member_totals, count = 0.0, np.zeros(M), 0
-    for x, y in pairs:
+    for x, y in evaluation_windows(batchify(stream, batch_size), num_steps):
         x_dev = backend.asarray(x)
         w = backend.asarray(y.T.reshape(-1))          # time-major like the logits   (T*B,)
         log_p = np.empty((M, w.shape[0]))             # log p_m(target)             (M, T*B)
         for m, params in enumerate(list_of_params):
             logits, states[m] = forward(params, x_dev, states[m], backend=backend)
-            log_p[m] = _target_log_probs(logits, w, backend)
+            log_p[m] = backend.to_numpy(target_log_probs(logits, w, backend)[0])
         peak = log_p.max(axis=0)                      # log mean_m p_m, via log-sum-exp
         log_avg = peak + np.log(np.exp(log_p - peak).sum(axis=0)) - math.log(M)
         total -= log_avg.sum()

@@ -20,8 +20,8 @@ from .backend import Backend
 Array = Any
 
 
-def log_softmax_nll(y: Array, w: Array, backend: Backend) -> tuple[float, Array]:
-    """The mean NLL of targets ``w`` (N,) under logits ``y`` (N, V).
+def target_log_probs(y: Array, w: Array, backend: Backend) -> tuple[Array, Array]:
+    """log softmax(y)[n, w_n] (N,) for logits ``y`` (N, V) and targets ``w`` (N,).
 
     Works in place: on return ``y`` holds exp(y - max y) (unnormalised
     probabilities) and the second value is their row sums (N, 1), so that
@@ -34,8 +34,14 @@ def log_softmax_nll(y: Array, w: Array, backend: Backend) -> tuple[float, Array]
     xp.exp(y, out=y)
     sums = (y @ xp.ones(y.shape[1], y.dtype))[:, None]  # row sums Z_n e^{-max} (N, 1); a
     # matrix-vector product, since BLAS sums rows ~5x faster than y.sum(axis=1)
-    loss = float((xp.log(sums[:, 0]) - y_w).astype(xp.float64).mean())
-    return loss, sums
+    return y_w.astype(xp.float64) - xp.log(sums[:, 0].astype(xp.float64)), sums
+
+
+def log_softmax_nll(y: Array, w: Array, backend: Backend) -> tuple[float, Array]:
+    """The mean NLL of targets ``w`` under logits ``y``, and the row sums of
+    exp(y - max y) left in ``y`` (see :func:`target_log_probs`)."""
+    log_p, sums = target_log_probs(y, w, backend)
+    return -float(log_p.mean()), sums
 
 
 def softmax_nll_and_grad(y: Array, w: Array, backend: Backend) -> tuple[float, Array]:

@@ -23,7 +23,7 @@ import numpy as np
 from .backend import CPU, Backend
 from .checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
 from .config import Config
-from .data import Corpus, batchify, num_windows, windows
+from .data import Corpus, batchify, evaluation_windows, num_windows, windows
 from .model import init_params, loss_and_grads, loss_only, zero_state
 from .optim import learning_rate, sgd_step
 from .progress import Progress
@@ -44,11 +44,7 @@ def evaluate(params: dict, stream: np.ndarray, batch_size: int, num_steps: int,
     state = zero_state(params, batch_size, backend)
     total, count = 0.0, 0
     progress = Progress(n, progress_prefix, out) if progress_prefix else None
-    pairs = list(windows(data, num_steps))
-    tail = n * num_steps
-    if data.shape[1] - 1 > tail:                      # the words after the last full window
-        pairs.append((data[:, tail:-1], data[:, tail + 1:]))
-    for k, (x, y) in enumerate(pairs, start=1):
+    for k, (x, y) in enumerate(evaluation_windows(data, num_steps), start=1):
         loss, state = loss_only(params, backend.asarray(x), backend.asarray(y), state,
                                 backend=backend)
         total += loss * y.size
