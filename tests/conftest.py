@@ -48,3 +48,14 @@ def ptb_dir() -> Path:
         pytest.skip("real PTB not available: set ZAREMBA_REF_DATA=DIR (CI sets it to "
                     "../shared/data/ptb)")
     return Path(d)
+
+
+@pytest.fixture(scope="session")
+def builder(tmp_path_factory):
+    """Compiles the CUDA kernel bodies for the CPU (tests/fake_cupy.py), each kernel and
+    dtype once per session; skips without a C++ compiler."""
+    from fake_cupy import Builder, find_compiler
+    if find_compiler() is None:
+        pytest.skip("no C++ compiler (g++ or c++, or $CXX): the CUDA kernel bodies are "
+                    "tested by compiling them for the CPU")
+    return Builder(tmp_path_factory.getbasetemp() / "cpu_kernels")

@@ -25,18 +25,10 @@ from zaremba_ref.cuda_backend import make_gpu_backend
 from zaremba_ref.optim import sgd_step
 from zaremba_ref.train import train, train_step
 
-from fake_cupy import Builder, find_compiler, make_fake_cupy
+from fake_cupy import make_fake_cupy
 
 KERNELS = ("lstm_cell_forward", "lstm_cell_backward", "dropout", "softmax_cross_entropy_grad",
            "sgd_update")
-
-
-@pytest.fixture(scope="session")
-def builder(tmp_path_factory) -> Builder:
-    if find_compiler() is None:
-        pytest.skip("no C++ compiler (g++ or c++, or $CXX): the fake cupy runs the CUDA "
-                    "kernel bodies compiled for the CPU")
-    return Builder(tmp_path_factory.getbasetemp() / "cpu_kernels")
 
 
 def install(monkeypatch, cupy, cupyx=None) -> None:

@@ -22,21 +22,12 @@ from hypothesis.extra import numpy as hnp
 from zaremba_ref import kernels
 from zaremba_ref.kernels import CUDA_PREAMBLE
 
-from fake_cupy import Builder, CompileError, CpuElementwiseKernel, find_compiler, parse_params
+from fake_cupy import Builder, CompileError, CpuElementwiseKernel, parse_params
 
 FLOATS = (np.float32, np.float64)
 SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
                                            HealthCheck.too_slow])
-
-
-@pytest.fixture(scope="session")
-def builder(tmp_path_factory) -> Builder:
-    """One build directory per test session: each kernel and dtype compiles once."""
-    if find_compiler() is None:
-        pytest.skip("no C++ compiler (g++ or c++, or $CXX): the CUDA kernel bodies are "
-                    "tested by compiling them for the CPU")
-    return Builder(tmp_path_factory.getbasetemp() / "cpu_kernels")
 
 
 def kernel(builder: Builder, spec: kernels.KernelSpec) -> CpuElementwiseKernel:
