@@ -180,7 +180,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         for split in splits:
             B = config.batch_size if split == "valid" else config.test_batch_size
             result[f"{split}_ppl"] = evaluate(params, getattr(corpus, split), B,
-                                              config.num_steps, backend)
+                                              config.num_steps, backend,
+                                              progress_prefix=f"{split} ", out=sys.stderr)
         print(json.dumps(result), flush=True)
     return 0
 

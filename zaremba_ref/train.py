@@ -40,7 +40,8 @@ def evaluate(params: dict, stream: np.ndarray, batch_size: int, num_steps: int,
     from window to window, no dropout. Every word after the first of each of the
     ``batch_size`` rows is predicted once (the last, shorter window included)."""
     data = batchify(stream, batch_size)
-    n = num_windows(data, num_steps)
+    full = num_windows(data, num_steps)
+    n = full + int(data.shape[1] - 1 > full * num_steps)      # + the shorter last window
     state = zero_state(params, batch_size, backend)
     total, count = 0.0, 0
     progress = Progress(n, progress_prefix, out) if progress_prefix else None
@@ -50,7 +51,7 @@ def evaluate(params: dict, stream: np.ndarray, batch_size: int, num_steps: int,
         total += loss * y.size
         count += y.size
         if progress:
-            progress.update(min(k, n), ppl=f"{math.exp(total / count):.2f}")
+            progress.update(k, ppl=f"{math.exp(total / count):.2f}")
     if progress:
         progress.close()
     return math.exp(total / count)
@@ -206,7 +207,8 @@ def train(config: Config, corpus: Corpus, run_dir: str | Path, *, backend: Backe
             summary.update(train_ppl=record["train_ppl"], valid_ppl=valid_ppl)
             epoch, step = epoch + 1, 0
             save(epoch, step)
-    test_ppl = evaluate(params, corpus.test, config.test_batch_size, T, backend)
+    test_ppl = evaluate(params, corpus.test, config.test_batch_size, T, backend,
+                        progress_prefix="test ", out=out)   # batch 1: the longest pass
     _write_metrics(run_dir, {"epoch": config.max_epoch, "step": global_step,
                              "lr": learning_rate(config.max_epoch, config.lr,
                                                  config.decay_start, config.lr_decay),
