@@ -73,7 +73,7 @@ def main() -> None:
 
         def embedding_grad():
             dE = np.zeros_like(p["embedding"])
-            np.add.at(dE, x.T.reshape(-1), dx.reshape(-1, H))
+            CPU.scatter_add(dE, x.T.reshape(-1), dx.reshape(-1, H))
             return dE
         grads["embedding"] = timed("embedding gradient (dense)", embedding_grad)
         timed("global norm + SGD update", lambda: sgd_step(p, grads, 0.0, cfg.max_grad_norm,

@@ -151,6 +151,20 @@ def test_dropout_rate_draws_masks_from_rng():
     assert a == b == c and a != d
 
 
+@settings(max_examples=40, deadline=None)
+@given(V=st.integers(1, 12), N=st.integers(0, 30), H=st.integers(1, 4), seed=st.integers(0, 2**31))
+def test_cpu_scatter_add_equals_numpy_add_at(V, N, H, seed):
+    """The CPU backend's embedding-gradient scatter (sorted runs summed by reduceat) is
+    numpy.add.at: repeated ids accumulate, into a non-zero array, empty index lists too."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(V, H))
+    idx, vals = rng.integers(0, V, N), rng.normal(size=(N, H))
+    want = a.copy()
+    np.add.at(want, idx, vals)
+    CPU.scatter_add(a, idx, vals)
+    np.testing.assert_allclose(a, want, rtol=1e-12, atol=1e-12)
+
+
 def test_init_params_uniform_and_reproducible():
     p = z.init_params(50, 8, 2, 0.1, seed=3)
     assert list(p) == z.param_names(2)

@@ -50,6 +50,22 @@ class Backend:
         return self.xp.random.default_rng(seed)
 
 
+def scatter_add_rows(a: np.ndarray, indices: np.ndarray, values: np.ndarray) -> None:
+    """a[indices] += values, repeated indices accumulating (``numpy.add.at``'s meaning),
+    for ``indices`` (N,) into the rows of ``a`` and ``values`` (N, ...).
+
+    ~5x faster than ``numpy.add.at`` for the embedding gradient: sort the indices, sum
+    each run of equal ones with ``add.reduceat``, then add once per distinct row. The
+    sums are add.at's up to the order of the additions (rounding).
+    """
+    if len(indices) == 0:
+        return
+    order = np.argsort(indices, kind="stable")
+    w = indices[order]                                          # sorted row ids   (N,)
+    first = np.flatnonzero(np.r_[True, w[1:] != w[:-1]])        # start of each run
+    a[w[first]] += np.add.reduceat(values[order], first, axis=0)
+
+
 CPU = Backend(
     name="cpu",
     xp=np,
@@ -58,7 +74,7 @@ CPU = Backend(
     dropout=kernels.dropout,
     softmax_cross_entropy_grad=kernels.softmax_cross_entropy_grad,
     sgd_update=kernels.sgd_update,
-    scatter_add=np.add.at,
+    scatter_add=scatter_add_rows,
 )
 
 

@@ -88,11 +88,17 @@ def lstm_cell_forward(z: np.ndarray, c_prev: np.ndarray, c: np.ndarray,
     backward pass reads them back). c_prev (B, H) is read; c, h (B, H) are written.
     """
     H = c.shape[-1]
-    sigmoid(z[:, :3 * H], out=z[:, :3 * H])              # i, f, o   (B, 3H)
-    np.tanh(z[:, 3 * H:], out=z[:, 3 * H:])               # g         (B, H)
+    # sigm(x) = 0.5 tanh(0.5 x) + 0.5 as in sigmoid(), written out so that one tanh
+    # over the whole contiguous z serves all four gates (column blocks are slow views).
+    ifo = z[:, :3 * H]                                   # i, f, o pre-activations (B, 3H)
+    ifo *= 0.5
+    np.tanh(z, out=z)                                    # tanh(x/2) | g = tanh(x) (B, 4H)
+    ifo *= 0.5
+    ifo += 0.5                                           # i, f, o = sigm(x)      (B, 3H)
     i, f, o, g = z[:, :H], z[:, H:2 * H], z[:, 2 * H:3 * H], z[:, 3 * H:]
     np.multiply(f, c_prev, out=c)                        # c = f * c_{t-1}
-    c += i * g                                           #   + i * g
+    np.multiply(i, g, out=h)                             # i * g, with h as scratch
+    c += h                                               # c = f * c_{t-1} + i * g
     np.tanh(c, out=h)
     h *= o                                               # h = o * tanh(c)
 
@@ -142,9 +148,12 @@ def lstm_cell_backward(gates: np.ndarray, c_prev: np.ndarray, c: np.ndarray,
     np.multiply(dc, g, out=dz[:, :H])                    # di
     np.multiply(dc, c_prev, out=dz[:, H:2 * H])          # df
     np.multiply(dh, tanh_c, out=dz[:, 2 * H:3 * H])      # do
-    dz[:, :3 * H] *= dsigmoid(gates[:, :3 * H])          # through sigm: d z_i, d z_f, d z_o
     np.multiply(dc, i, out=dz[:, 3 * H:])                # dg
-    dz[:, 3 * H:] *= dtanh(g)                            # through tanh: d z_g
+    # Through the nonlinearities as one product over the whole contiguous dz (column
+    # blocks are slow views): dsigmoid for i, f, o, dtanh for g.
+    d = dsigmoid(gates)                                  # i', f', o' | (unused)  (B, 4H)
+    d[:, 3 * H:] = dtanh(g)                              # g'                     (B, H)
+    dz *= d                                              # d z_i, d z_f, d z_o, d z_g
     np.multiply(dc, f, out=dc_prev)                      # through c = f * c_{t-1}
 
 
