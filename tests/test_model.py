@@ -165,6 +165,24 @@ def test_cpu_scatter_add_equals_numpy_add_at(V, N, H, seed):
     np.testing.assert_allclose(a, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("shape", [(3,), (2 * z.kernels.SGD_CHUNK + 5,), (700, 300)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sgd_update_in_chunks_is_the_plain_update(shape, dtype):
+    """The CPU twin goes chunk by chunk through a small buffer: bit for bit the plain
+    p - lr_scale * g, across chunk boundaries, and for strided views of p and g."""
+    rng = np.random.default_rng(0)
+    p, g = rng.normal(size=shape).astype(dtype), rng.normal(size=shape).astype(dtype)
+    want = p - 0.37 * g
+    z.kernels.sgd_update(p, g, 0.37)
+    np.testing.assert_array_equal(p, want)
+    if len(shape) == 2:                                  # non-contiguous views
+        P, G = rng.normal(size=shape).astype(dtype), rng.normal(size=shape).astype(dtype)
+        want = P.copy()
+        want[:, ::2] -= 0.37 * G[:, ::2]
+        z.kernels.sgd_update(P[:, ::2], G[:, ::2], 0.37)
+        np.testing.assert_array_equal(P, want)
+
+
 def test_init_params_uniform_and_reproducible():
     p = z.init_params(50, 8, 2, 0.1, seed=3)
     assert list(p) == z.param_names(2)
