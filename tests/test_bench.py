@@ -85,3 +85,13 @@ def test_profile_step_smoke():
                           "--steps", "1"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "softmax product dW_s" in out.stdout and "words/s" in out.stdout
+
+
+def test_memory_script_reports_params_peak_and_rss_per_step():
+    script = SCRIPT.with_name("memory_step.py")
+    proc = subprocess.run([sys.executable, str(script), "--config", "small", "--steps", "3"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.startswith("small: params 17.8 MiB; peak extra during one step"), out
+    assert "RSS after steps 1..3: [" in out and "peak RSS" in out
