@@ -259,12 +259,20 @@ def windows(batched: np.ndarray, num_steps: int,
     return gen()
 
 
+def num_evaluation_windows(batched: np.ndarray, num_steps: int) -> int:
+    """How many windows :func:`evaluation_windows` yields: the full ones, plus one
+    shorter window when words are left over after them."""
+    full = num_windows(batched, num_steps)
+    return full + int(batched.shape[1] - 1 > full * num_steps)
+
+
 def evaluation_windows(batched: np.ndarray,
                        num_steps: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Every window of :func:`windows`, then the shorter last one with the words left
     over, so that one pass predicts every word after the first of each row once."""
+    full = num_windows(batched, num_steps)
     yield from windows(batched, num_steps)
-    tail = num_windows(batched, num_steps) * num_steps
-    if batched.shape[1] - 1 > tail:
+    if num_evaluation_windows(batched, num_steps) > full:
+        tail = full * num_steps
         yield (np.ascontiguousarray(batched[:, tail:-1], dtype=np.int32),
                np.ascontiguousarray(batched[:, tail + 1:], dtype=np.int32))

@@ -51,8 +51,9 @@ def check_gradients(params: dict[str, np.ndarray], inputs: np.ndarray, targets: 
     max|analytic - numeric| / max(max|analytic|, max|numeric|, floor) over the
     entries checked. The floor keeps a tensor whose true gradient is 0 (all its masks
     zero, say) from reporting the differences' rounding noise (~1e-11 at eps=1e-4) as
-    a relative error of 1; below it the check is absolute, to ``floor`` times the error. ``backend`` is the implementation under test (its
-    results are brought back to NumPy; use float64 on it too).
+    a relative error of 1: for gradients smaller than ``floor`` the error is absolute,
+    divided by ``floor``. ``backend`` is the implementation under test (its results
+    are brought back to NumPy; use float64 on it too).
     """
     f64 = lambda a: np.array(a, dtype=np.float64)  # noqa: E731  (copies: we perturb in place)
     params = {k: f64(v) for k, v in params.items()}

@@ -32,8 +32,9 @@ def target_log_probs(y: Array, w: Array, backend: Backend) -> tuple[Array, Array
     y -= y.max(axis=1, keepdims=True)              # shift for stability    (N, V)
     y_w = y[xp.arange(N), w]                       # shifted target logits  (N,)
     xp.exp(y, out=y)
-    sums = (y @ xp.ones(y.shape[1], y.dtype))[:, None]  # row sums Z_n e^{-max} (N, 1); a
-    # matrix-vector product, since BLAS sums rows ~5x faster than y.sum(axis=1)
+    # Row sums Z_n e^{-max}, as a matrix-vector product: BLAS sums rows ~5x faster
+    # than y.sum(axis=1)
+    sums = (y @ xp.ones(y.shape[1], y.dtype))[:, None]                     # (N, 1)
     return y_w.astype(xp.float64) - xp.log(sums[:, 0].astype(xp.float64)), sums
 
 

@@ -64,9 +64,9 @@ def lstm_forward(W_x: Array, W_h: Array, b_x: Array, b_h: Array, x: Array,
     for t in range(1, T + 1):
         if h_mask is not None:  # naive mode only: dropout on the recurrent connection
             backend.dropout(h[t - 1], h_mask[t - 1], out=h_rec[t - 1])
-        # + W_h h_{t-1}, column vectors as in the paper: (4H, H) @ (H, B), then back to (B, 4H).
-        # As fast as h_{t-1} @ W_h^T with a contiguous copy of W_h^T, without the copy;
-        # h_{t-1} @ W_h.T through the transposed view is ~1.5x slower for these shapes.
+        # + W_h h_{t-1} on column vectors, as in the paper: (4H, H) @ (H, B), back to
+        # (B, 4H). As fast as h_{t-1} @ W_h^T from a contiguous copy of W_h^T, without
+        # the copy; through the transposed view, h @ W_h.T, ~1.5x slower at these shapes.
         z[t - 1] += (W_h @ h_rec[t - 1].T).T                   #                  (B, 4H)
         backend.lstm_cell_forward(z[t - 1], c[t - 1], c[t], h[t])  # z -> gates; c_t, h_t
     return LayerCache(x=x, gates=z, h=h, c=c, h_rec=h_rec, h_mask=h_mask)

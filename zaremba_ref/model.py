@@ -99,6 +99,13 @@ def _forward(params, inputs, state, masks, backend):
     return caches, x.reshape(T * B, H)
 
 
+def _logits(params, hD):
+    """The output layer, y = W_s D(h^L) + b_s, for D(h^L) (T*B, H): logits (T*B, V)."""
+    y = hD @ params["softmax.W"].T                      # (T*B, H) @ (H, V)
+    y += params["softmax.b"]
+    return y
+
+
 def _time_major_masks(masks, mode, p, rng, params, inputs, backend):
     """The caller's masks, or masks drawn from ``rng``, as (T, B, H) views."""
     if masks is None:
@@ -131,10 +138,9 @@ def loss_and_grads(params: dict[str, Array], inputs: Array, targets: Array,
     tm_masks = _time_major_masks(masks, mode, dropout, rng, params, inputs, backend)
     caches, hD = _forward(params, inputs, state, tm_masks, backend)
 
-    # Output layer and loss                            y = W_s D(h^L) + b_s      (T*B, V)
+    # Output layer and loss
+    y = _logits(params, hD)                             # (T*B, V)
     W_s = params["softmax.W"]
-    y = hD @ W_s.T
-    y += params["softmax.b"]
     w = targets.T.reshape(-1)                           # time-major like y       (T*B,)
     loss, dy = softmax_nll_and_grad(y, w, backend)      # dy = (softmax - onehot) / N
     grads = {"softmax.W": dy.T @ hD,                    # (V, H)
@@ -164,9 +170,7 @@ def loss_and_grads(params: dict[str, Array], inputs: Array, targets: Array,
 def _eval_logits(params, inputs, state, backend):
     """Logits y (T*B, V) without dropout, and the final state."""
     caches, h = _forward(params, inputs, state, [], backend)
-    y = h @ params["softmax.W"].T                       # (T*B, V)
-    y += params["softmax.b"]
-    return y, [(cache.h[-1].copy(), cache.c[-1].copy()) for cache in caches]
+    return _logits(params, h), [(cache.h[-1].copy(), cache.c[-1].copy()) for cache in caches]
 
 
 def forward(params: dict[str, Array], inputs: Array, state: State | None = None, *,

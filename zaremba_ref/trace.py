@@ -61,12 +61,11 @@ def trace(params: dict, inputs: np.ndarray, targets: np.ndarray, state: list | N
     state = None if state is None else [(f64(h), f64(c)) for h, c in state]
     masks = [f64(m) for m in masks] if masks else None
     dstate = None if dstate is None else [(f64(h), f64(c)) for h, c in dstate]
-    check_call(params, inputs, targets, state, masks, dropout, mode, rng, dstate, CPU)
+    state = check_call(params, inputs, targets, state, masks, dropout, mode, rng, dstate,
+                       CPU)                               # zeros if state is None
     B, T = inputs.shape
     V, H = params["embedding"].shape
     L = num_layers_of(params)
-    if state is None:
-        state = [(np.zeros((B, H)), np.zeros((B, H))) for _ in range(L)]
     if masks is None and dropout > 0 and mode != "none":
         masks = draw_masks(rng, dropout, mode, L, B, T, H, np.float64)
 

@@ -23,7 +23,8 @@ import numpy as np
 from .backend import CPU, Backend
 from .checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
 from .config import Config
-from .data import Corpus, batchify, evaluation_windows, num_windows, windows
+from .data import (Corpus, batchify, evaluation_windows, num_evaluation_windows,
+                   num_windows, windows)
 from .model import init_params, loss_and_grads, loss_only, zero_state
 from .optim import learning_rate, sgd_step
 from .progress import Progress
@@ -40,8 +41,7 @@ def evaluate(params: dict, stream: np.ndarray, batch_size: int, num_steps: int,
     from window to window, no dropout. Every word after the first of each of the
     ``batch_size`` rows is predicted once (the last, shorter window included)."""
     data = batchify(stream, batch_size)
-    full = num_windows(data, num_steps)
-    n = full + int(data.shape[1] - 1 > full * num_steps)      # + the shorter last window
+    n = num_evaluation_windows(data, num_steps)
     state = zero_state(params, batch_size, backend)
     total, count = 0.0, 0
     progress = Progress(n, progress_prefix, out) if progress_prefix else None
