@@ -158,6 +158,48 @@ def test_corrupt_or_mismatched_checkpoint_is_refused_and_kept(toy_data, tmp_path
     assert "truncated or corrupted" in capsys.readouterr().err
 
 
+def test_a_checkpoint_from_before_a_new_config_field_still_resumes(toy_data, tmp_path):
+    """A later version adds configuration fields; an older checkpoint lacks them and they
+    count as their defaults, so a long run (Table 1's medium row) resumes across versions."""
+    from zaremba_ref.checkpoint import save_checkpoint
+    run = tmp_path / "run"
+    assert main(_train_args(toy_data, run, "--max-steps", 3)) == 0
+    params, state, meta, vocab = load_checkpoint(run)
+    del meta["config"]["test_batch_size"]          # as if written before the field existed
+    meta.pop("format")
+    save_checkpoint(run, params, state, meta, vocab)
+    assert main(_train_args(toy_data, run, "--resume", "--max-steps", 5)) == 0
+    assert load_checkpoint(run)[2]["global_step"] == 5
+    # a field missing from the checkpoint and not at its default is still a mismatch
+    assert main(_train_args(toy_data, run, "--resume", "--test-batch-size", 2)) == 2
+
+
+def test_resume_drops_metrics_written_after_its_checkpoint_and_logs_segments(toy_data,
+                                                                              tmp_path):
+    """A kill between an epoch's metrics row and its checkpoint leaves a row the resumed
+    run writes again: resume drops it, so each epoch has exactly one validation row."""
+    run = tmp_path / "run"
+    args = _train_args(toy_data, run, "--save-every", 0)
+    assert main(args + ["--max-steps", "2"]) == 0             # checkpoint at global step 2
+    metrics = run / "metrics.jsonl"
+    stale = {"epoch": 1, "step": 99, "lr": 1.0, "train_ppl": 5.0, "words_per_sec": 1.0,
+             "valid_ppl": 5.0}
+    with open(metrics, "a") as f:
+        f.write(json.dumps(stale) + "\n")
+    assert main(args + ["--resume"]) == 0
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert stale not in records
+    assert [r["epoch"] for r in records if "valid_ppl" in r] == [1, 2]
+    segments = [json.loads(line) for line in (run / "segments.jsonl").read_text().splitlines()]
+    assert [s["event"] for s in segments] == ["start", "end", "start", "end"]
+    assert segments[0]["global_step"] == 0 and segments[1]["global_step"] == 2
+    assert segments[2]["resume"] and segments[2]["global_step"] == 2
+    assert segments[3]["status"] == "done" and segments[3]["steps"] > 0
+    from zaremba_ref.train import params_digest
+    params, _, _, _ = load_checkpoint(run)
+    assert len(segments[2]["params"]) == 12 and segments[2]["params"] != params_digest(params)
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # overflow is the point
 def test_nan_stops_training_and_keeps_the_last_good_checkpoint(toy_data, tmp_path):
     """lr_decay 1e-38 multiplies lr by 1e38 after epoch 1: epoch 2 blows up."""

@@ -9,8 +9,10 @@ and a clean stop on a NaN or Inf.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -87,6 +89,37 @@ def _write_metrics(run_dir: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def _trim_metrics(run_dir: Path, global_step: int) -> None:
+    """Drop metrics rows written after the checkpoint we resume from (a kill between an
+    epoch's row and its checkpoint): the resumed run writes them again, once."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    keep = [line for line in lines if line.strip() and json.loads(line)["step"] <= global_step]
+    if len(keep) != len(lines):
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, path)
+
+
+def params_digest(params: dict, backend: Backend = CPU) -> str:
+    """A short SHA-256 of every parameter's bytes (sorted by name): equal digests, equal
+    models. Logged at each segment's start so a resumed run can be matched to its save."""
+    h = hashlib.sha256()
+    for name in sorted(params):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(backend.to_numpy(params[name])).tobytes())
+    return h.hexdigest()[:12]
+
+
+def _log_segment(run_dir: Path, record: dict) -> None:
+    """One line per start and per end of a process training this run (segments.jsonl)."""
+    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **record}
+    with open(run_dir / "segments.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def _rng_state(rng: Any) -> dict | None:
     """NumPy's generator state (a JSON-able dict); None for CuPy's (device state)."""
     state = getattr(getattr(rng, "bit_generator", None), "state", None)
@@ -94,7 +127,10 @@ def _rng_state(rng: Any) -> dict | None:
 
 
 def _check_resumable(path: Path, meta: dict, config: Config, dtype: str, seed: int) -> None:
-    saved = dict(meta["config"], dtype=meta["dtype"], seed=meta["seed"])
+    """The command line must ask for the checkpoint's run. A field that a later version
+    added is missing from an older checkpoint and counts as its default (the paper's
+    behaviour), so runs started before the field existed still resume."""
+    saved = dict(Config().to_dict(), **meta["config"], dtype=meta["dtype"], seed=meta["seed"])
     wanted = dict(config.to_dict(), dtype=dtype, seed=seed)
     diff = [f"{k}: checkpoint {saved.get(k)!r} vs command line {v!r}"
             for k, v in wanted.items() if saved.get(k) != v]
@@ -131,6 +167,7 @@ def train(config: Config, corpus: Corpus, run_dir: str | Path, *, backend: Backe
             rng = backend.rng([seed, meta["global_step"]])
         epoch, step, global_step = meta["epoch"], meta["step"], meta["global_step"]
         loss_sum, words = meta["loss_sum"], meta["words"]
+        _trim_metrics(run_dir, global_step)
         print(f"resuming {ckpt} at epoch {epoch}, step {step}", file=out)
     else:
         if ckpt.exists():
@@ -159,60 +196,76 @@ def train(config: Config, corpus: Corpus, run_dir: str | Path, *, backend: Backe
     B, T = config.batch_size, config.num_steps
     summary: dict[str, Any] = {"status": "done", "run_dir": str(run_dir)}
     t_start = time.perf_counter()
-    with _stop_on_signals() as signals:
-        while epoch <= config.max_epoch:
-            lr = learning_rate(epoch, config.lr, config.decay_start, config.lr_decay)
-            if step == 0:
-                state = zero_state(params, B, backend)  # each pass starts from zeros
-                loss_sum, words = 0.0, 0
-            progress = Progress(n, f"epoch {epoch}/{config.max_epoch} ", out, start=step)
-            t0, words0 = time.perf_counter(), words
-            for x, y in windows(data, T, start=step):
-                loss, norm, state = train_step(params, backend.asarray(x),
-                                               backend.asarray(y), state, config, lr, rng,
-                                               backend)
-                for what, value in (("loss", loss), ("gradient norm", norm)):
-                    if not math.isfinite(value):  # stop before any save: the checkpoint stays good
-                        raise TrainingError(f"{what} is {value} at epoch {epoch}, step "
-                                            f"{step + 1}; the last good checkpoint {ckpt} is "
-                                            "intact; try a lower --lr or --max-grad-norm")
-                step, global_step = step + 1, global_step + 1
-                loss_sum, words = loss_sum + loss * x.size, words + x.size
-                wps = (words - words0) / (time.perf_counter() - t0)
-                progress.update(step, ppl=f"{math.exp(loss_sum / words):.2f}",
-                                wps=f"{wps:,.0f}", lr=f"{lr:.4g}", norm=f"{norm:.2f}")
-                stop = "interrupted" if signals else (
-                    "max_steps" if max_steps is not None and global_step >= max_steps else None)
-                if stop or (save_every and global_step % save_every == 0):
-                    save(epoch, step)
-                if stop:
-                    progress.close()
-                    summary.update(status=stop, train_ppl=math.exp(loss_sum / words))
-                    _write_metrics(run_dir, {"epoch": epoch, "step": global_step, "lr": lr,
-                                             "train_ppl": summary["train_ppl"],
-                                             "words_per_sec": wps, "status": stop})
-                    print(f"{stop}: checkpoint saved to {ckpt} at epoch {epoch}, step {step}",
-                          file=out)
-                    summary["signal"] = signals[0] if signals else None
-                    return summary
-            progress.close()
-            valid_ppl = evaluate(params, corpus.valid, B, T, backend)
-            record = {"epoch": epoch, "step": global_step, "lr": lr,
-                      "train_ppl": math.exp(loss_sum / max(words, 1)),
-                      "words_per_sec": (words - words0) / (time.perf_counter() - t0),
-                      "valid_ppl": valid_ppl}
-            _write_metrics(run_dir, record)
-            print(f"epoch {epoch}: train ppl {record['train_ppl']:.2f}, valid ppl "
-                  f"{valid_ppl:.2f}, lr {lr:.4g}", file=out)
-            summary.update(train_ppl=record["train_ppl"], valid_ppl=valid_ppl)
-            epoch, step = epoch + 1, 0
-            save(epoch, step)
-    test_ppl = evaluate(params, corpus.test, config.test_batch_size, T, backend,
-                        progress_prefix="test ", out=out)   # batch 1: the longest pass
-    _write_metrics(run_dir, {"epoch": config.max_epoch, "step": global_step,
-                             "lr": learning_rate(config.max_epoch, config.lr,
-                                                 config.decay_start, config.lr_decay),
-                             "train_ppl": summary.get("train_ppl"), "words_per_sec": None,
-                             "test_ppl": test_ppl})
-    summary.update(test_ppl=test_ppl, seconds=time.perf_counter() - t_start)
-    return summary
+    first_step = global_step
+    _log_segment(run_dir, {"event": "start", "resume": resume, "epoch": epoch, "step": step,
+                           "global_step": global_step, "params": params_digest(params, backend)})
+    try:
+        with _stop_on_signals() as signals:
+            while epoch <= config.max_epoch:
+                lr = learning_rate(epoch, config.lr, config.decay_start, config.lr_decay)
+                if step == 0:
+                    state = zero_state(params, B, backend)  # each pass starts from zeros
+                    loss_sum, words = 0.0, 0
+                progress = Progress(n, f"epoch {epoch}/{config.max_epoch} ", out, start=step)
+                t0, words0 = time.perf_counter(), words
+                for x, y in windows(data, T, start=step):
+                    loss, norm, state = train_step(params, backend.asarray(x),
+                                                   backend.asarray(y), state, config, lr, rng,
+                                                   backend)
+                    for what, value in (("loss", loss), ("gradient norm", norm)):
+                        if not math.isfinite(value):  # stop before any save: keep the last
+                            raise TrainingError(f"{what} is {value} at epoch {epoch}, step "
+                                                f"{step + 1}; the last good checkpoint {ckpt} is "
+                                                "intact; try a lower --lr or --max-grad-norm")
+                    step, global_step = step + 1, global_step + 1
+                    loss_sum, words = loss_sum + loss * x.size, words + x.size
+                    wps = (words - words0) / (time.perf_counter() - t0)
+                    progress.update(step, ppl=f"{math.exp(loss_sum / words):.2f}",
+                                    wps=f"{wps:,.0f}", lr=f"{lr:.4g}", norm=f"{norm:.2f}")
+                    stop = "interrupted" if signals else (
+                        "max_steps" if max_steps is not None and global_step >= max_steps
+                        else None)
+                    if stop or (save_every and global_step % save_every == 0):
+                        save(epoch, step)
+                    if stop:
+                        progress.close()
+                        summary.update(status=stop, train_ppl=math.exp(loss_sum / words))
+                        _write_metrics(run_dir, {"epoch": epoch, "step": global_step, "lr": lr,
+                                                 "train_ppl": summary["train_ppl"],
+                                                 "words_per_sec": wps, "status": stop})
+                        print(f"{stop}: checkpoint saved to {ckpt} at epoch {epoch}, "
+                              f"step {step}", file=out)
+                        summary["signal"] = signals[0] if signals else None
+                        return summary
+                progress.close()
+                valid_ppl = evaluate(params, corpus.valid, B, T, backend)
+                record = {"epoch": epoch, "step": global_step, "lr": lr,
+                          "train_ppl": math.exp(loss_sum / max(words, 1)),
+                          "words_per_sec": (words - words0) / (time.perf_counter() - t0),
+                          "valid_ppl": valid_ppl}
+                _write_metrics(run_dir, record)
+                print(f"epoch {epoch}: train ppl {record['train_ppl']:.2f}, valid ppl "
+                      f"{valid_ppl:.2f}, lr {lr:.4g}", file=out)
+                summary.update(train_ppl=record["train_ppl"], valid_ppl=valid_ppl)
+                epoch, step = epoch + 1, 0
+                save(epoch, step)
+        test_ppl = evaluate(params, corpus.test, config.test_batch_size, T, backend,
+                            progress_prefix="test ", out=out)   # batch 1: the longest pass
+        _write_metrics(run_dir, {"epoch": config.max_epoch, "step": global_step,
+                                 "lr": learning_rate(config.max_epoch, config.lr,
+                                                     config.decay_start, config.lr_decay),
+                                 "train_ppl": summary.get("train_ppl"), "words_per_sec": None,
+                                 "test_ppl": test_ppl})
+        summary.update(test_ppl=test_ppl, seconds=time.perf_counter() - t_start)
+        return summary
+    except BaseException:
+        summary["status"] = "error"
+        raise
+    finally:   # also on an exception; a SIGKILL leaves only the start line
+        seconds = time.perf_counter() - t_start
+        _log_segment(run_dir, {"event": "end", "status": summary.get("status"),
+                               "global_step": global_step, "steps": global_step - first_step,
+                               "seconds": round(seconds, 1),
+                               "words_per_sec": round((global_step - first_step) * B * T
+                                                      / max(seconds, 1e-9), 1)})
+
