@@ -36,41 +36,79 @@ NAMES = ("train", "eval", "floor", "torch")
 LABELS = {"train": "ours train", "eval": "ours eval", "floor": "GEMM floor", "torch": "torch"}
 
 
+def _rules_module():
+    """zaremba_ref/rules.py (stdlib only), loaded by its path: importing the package
+    would import numpy, whose BLAS fixes its thread count at import, before --threads."""
+    import importlib.util
+    name = "zaremba_ref_rules_for_bench"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "zaremba_ref" / "rules.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        sys.modules[name] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    ints = lambda s: [int(v) for v in s.split(",")]  # noqa: E731
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", choices=("small", "medium", "large"), default="small",
-                   help="the paper's preset (layers, sizes, dropout, clipping)")
-    p.add_argument("--steps", type=int, default=10, help="training steps per round (N)")
-    p.add_argument("--repeats", type=int, default=5, help="rounds (R); median reported")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per contender first")
-    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
-                   help="gpu: zaremba_ref's GPU backend and torch on CUDA")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                   help="floating type of every parameter and activation (all contenders)")
-    p.add_argument("--num-steps", type=int, help="override the preset's T (window)")
-    p.add_argument("--hidden-size", type=int, help="override the preset's H")
-    p.add_argument("--batch-size", type=int, help="override the preset's B")
-    p.add_argument("--threads", type=int, help="threads for NumPy's BLAS and torch (default: "
-                   "OPENBLAS/OMP_NUM_THREADS if set, else the CPUs this process may use); "
-                   "on a busy machine 1 avoids oversubscription of the two thread pools")
-    p.add_argument("--settle", type=float, default=0.3,
-                   help="seconds of pause (untimed) before each contender's round, so that "
-                        "the previous one's worker threads, which spin for a while after "
-                        "their work (OpenBLAS ~0.1 s, OpenMP), do not steal its cores")
+    """The options, each with its rule (type and range, shown in --help); a bad value is
+    one line on stderr naming it, exit code 2."""
+    rules = _rules_module()
+    TEXT, ArgumentParser, add_option = rules.TEXT, rules.ArgumentParser, rules.add_option
+    count, one_of, real = rules.count, rules.one_of, rules.real
+    p = ArgumentParser(prog="bench.py", description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_option(p, "--config", one_of("small", "medium", "large"), default="small",
+               help="the paper's preset (layers, sizes, dropout, clipping)")
+    add_option(p, "--steps", count(1), default=10, help="training steps per round (N)")
+    add_option(p, "--repeats", count(1), default=5, help="rounds (R); median reported")
+    add_option(p, "--warmup", count(0), default=2, help="untimed steps per contender first")
+    add_option(p, "--device", one_of("cpu", "gpu"), default="cpu",
+               help="gpu: zaremba_ref's GPU backend and torch on CUDA")
+    add_option(p, "--dtype", one_of("float32", "float64"), default="float32",
+               help="floating type of every parameter and activation (all contenders)")
+    add_option(p, "--num-steps", count(1), help="override the preset's T (window)")
+    add_option(p, "--hidden-size", count(1), help="override the preset's H")
+    add_option(p, "--batch-size", count(1), help="override the preset's B")
+    add_option(p, "--threads", count(1), help="threads for NumPy's BLAS and torch (default: "
+               "OPENBLAS/OMP_NUM_THREADS if set, else the CPUs this process may use); "
+               "on a busy machine 1 avoids oversubscription of the two thread pools")
+    add_option(p, "--settle", real(0, 60), default=0.3,
+               help="seconds of pause (untimed) before each contender's round, so that "
+                    "the previous one's worker threads, which spin for a while after "
+                    "their work (OpenBLAS ~0.1 s, OpenMP), do not steal its cores")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch contender")
     p.add_argument("--json-only", action="store_true", help="print only the JSON line")
     p.add_argument("--scaling", action="store_true", help="sweep T over --scaling-steps "
                    "(H from the preset) and H over --scaling-hidden (T = --num-steps or 20)")
-    p.add_argument("--scaling-steps", type=ints, default=[10, 20, 35, 70, 140],
-                   help="comma-separated T values of the --scaling sweep")
-    p.add_argument("--scaling-hidden", type=ints, default=[200, 650, 1500],
-                   help="comma-separated H values of the --scaling sweep")
+    add_option(p, "--scaling-steps", TEXT, default="10,20,35,70,140",
+               help="comma-separated T values of the --scaling sweep, integers >= 1")
+    add_option(p, "--scaling-hidden", TEXT, default="200,650,1500",
+               help="comma-separated H values of the --scaling sweep, integers >= 1")
     args = p.parse_args(argv)
-    if min(args.steps, args.repeats) < 1 or args.warmup < 0:
-        p.error("--steps and --repeats must be >= 1, --warmup >= 0")
+    for name in ("scaling_steps", "scaling_hidden"):
+        flag = "--" + name.replace("_", "-")
+        try:
+            values = [count(1).check(flag, int(v)) for v in getattr(args, name).split(",")]
+        except ValueError as e:
+            p.error(str(e) if flag in str(e) else
+                    f"{flag} must be comma-separated integers >= 1, got {getattr(args, name)!r}")
+        setattr(args, name, values)
     return args
+
+
+def needed_bytes(cfg, args) -> int:
+    """An estimate of the benchmark's peak memory (zaremba_ref.resources): our model
+    (parameters, a step's buffers), the GEMM floor's operands, and PyTorch's copy of
+    the model with its gradients and a step's activations."""
+    from zaremba_ref import resources as r
+    import numpy as np
+    V, H, L, B, T = (cfg.vocab_size, cfg.hidden_size, cfg.num_layers, cfg.batch_size,
+                     cfg.num_steps)
+    N, P = B * T, r.param_elements(V, H, L)
+    ours = P + r.step_elements(V, H, L, B, T, cfg.dropout, cfg.mode)
+    floor = L * (24 * H * H + 25 * N * H) + 3 * V * H + 3 * N * V + 2 * N * H
+    torch = 0 if args.no_torch else 2 * P + r.step_elements(V, H, L, B, T, cfg.dropout)
+    return (ours + floor + torch) * np.dtype(args.dtype).itemsize
 
 
 def blas_threads(args) -> int:
@@ -309,6 +347,20 @@ def main(argv=None) -> int:
     over = {k: v for k, v in (("num_steps", args.num_steps), ("hidden_size", args.hidden_size),
                               ("batch_size", args.batch_size)) if v}
     base = PRESETS[args.config].replace(**over).validate()
+    from zaremba_ref.resources import ResourceError, require_memory
+    sweep = [base] if not args.scaling else (
+        [base.replace(num_steps=t) for t in args.scaling_steps]
+        + [base.replace(hidden_size=h, num_steps=args.num_steps or 20)
+           for h in args.scaling_hidden])
+    try:
+        for cfg in sweep:
+            require_memory(needed_bytes(cfg, args), f"benchmarking H={cfg.hidden_size}, "
+                           f"B={cfg.batch_size}, T={cfg.num_steps} ({args.dtype})",
+                           "lower --hidden-size, --batch-size or --num-steps (or the "
+                           "--scaling lists)", backend)
+    except ResourceError as e:
+        print(f"bench.py: error: {e}", file=sys.stderr)
+        return 2
     if not args.scaling:
         res = run_one(base, args, backend, threads)
         if not args.json_only:

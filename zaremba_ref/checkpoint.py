@@ -10,7 +10,8 @@ Contents (all plain arrays, loaded with ``allow_pickle=False``; never pickle):
 
 Writing is atomic: a temporary file in the same directory, flushed and fsynced,
 then ``os.replace`` over the old checkpoint, so the previous good checkpoint stays
-until the new one is complete.
+until the new one is complete. A write that fails (disk full, a read-only or
+unwritable directory) removes the temporary file and raises CheckpointError.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .config import Config
 
 FORMAT = "zaremba_ref.checkpoint.v1"
 FILENAME = "checkpoint.npz"
@@ -48,17 +51,43 @@ def save_checkpoint(path: str | os.PathLike, params: dict[str, np.ndarray],
     arrays["meta"] = np.array(json.dumps({"format": FORMAT, **meta}))
     if vocab is not None:
         arrays["vocab"] = np.array(vocab)
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=path.parent)
+    return atomic_savez(path, arrays)
+
+
+def atomic_savez(path: str | os.PathLike, arrays: dict[str, np.ndarray],
+                 what: str = "checkpoint") -> Path:
+    """``np.savez`` to a temporary file beside ``path``, fsynced, then renamed over it:
+    ``path`` is either the old file, untouched, or the complete new one. A write that
+    fails (disk full, read-only, no permission) removes the temporary file and raises
+    CheckpointError naming the file and the cause."""
+    path = Path(path)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        kept = "the previous one is intact" if path.exists() else "nothing was written"
+        raise CheckpointError(f"{path}: cannot write the {what} ({_reason(e)}); {kept}; "
+                              "free space or choose another place") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _reason(e: OSError) -> str:
+    """'No space left on device (ENOSPC)' from an OSError, on one line."""
+    import errno
+    name = errno.errorcode.get(e.errno or 0)
+    text = e.strerror or " ".join(str(e).split())
+    return f"{text} ({name})" if name else text
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict, list, dict, list[str] | None]:
@@ -74,11 +103,23 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict, list, dict, list[str
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"{path}: truncated or corrupted checkpoint ({e}); "
                               "delete it to start over, or point to a good one") from None
-    if meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} checkpoint (format "
-                              f"{meta.get('format')!r})")
-    params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
-    L = sum(1 for k in arrays if k.startswith("state/") and k.endswith("/h"))
-    state = [(arrays[f"state/{l}/h"], arrays[f"state/{l}/c"]) for l in range(1, L + 1)]
-    vocab = [str(w) for w in arrays["vocab"]] if "vocab" in arrays else None
+                              f"{meta.get('format') if isinstance(meta, dict) else None!r})")
+    from .checks import check_params
+    try:
+        params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
+        check_params(params)
+        dtypes = {str(v.dtype) for v in params.values()}
+        if not dtypes <= {"float32", "float64"} or len(dtypes) != 1:
+            raise ValueError(f"parameters of dtype {sorted(dtypes)}, not float32 or float64")
+        if not isinstance(meta.get("config"), dict):
+            raise ValueError("its meta holds no configuration")
+        Config.from_dict(dict(Config().to_dict(), **meta["config"])).validate()
+        L = sum(1 for k in arrays if k.startswith("state/") and k.endswith("/h"))
+        state = [(arrays[f"state/{l}/h"], arrays[f"state/{l}/c"]) for l in range(1, L + 1)]
+        vocab = [str(w) for w in arrays["vocab"]] if "vocab" in arrays else None
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{path}: not a usable checkpoint ({e}); point to one "
+                              "written by zaremba_ref") from None
     return params, state, meta, vocab

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -18,26 +17,33 @@ from typing import Callable, Sequence
 
 from .backend import BackendUnavailable, get_backend
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import HELP, PRESETS, Config
+from .config import FIELD_RULES, HELP, PRESETS, Config
 from .data import DataError, load_ptb
+from .rules import SEED, TEXT, ArgumentParser, add_option, count, one_of, print_error, real
 
 EXIT_SIGNAL = {2: 130, 15: 143}   # SIGINT, SIGTERM -> the shell's usual exit codes
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", metavar="DIR",
-                   help="directory with ptb.{train,valid,test}.txt (default: "
-                        "$ZAREMBA_REF_DATA, else ~/.cache/zaremba_ref/ptb, downloaded "
-                        "and checked by SHA-256 if missing)")
+    add_option(p, "--data-dir", TEXT, metavar="DIR",
+               help="directory with ptb.{train,valid,test}.txt (default: "
+                    "$ZAREMBA_REF_DATA, else ~/.cache/zaremba_ref/ptb, downloaded "
+                    "and checked by SHA-256 if missing)")
     p.add_argument("--no-verify-data", action="store_true",
                    help="skip the SHA-256 check of --data-dir (to train on another corpus "
                         "in PTB's format)")
-    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
-                   help="cpu: NumPy; gpu: CuPy with fused kernels (default: cpu)")
+    add_option(p, "--device", DEVICE, default="cpu",
+               help="cpu: NumPy; gpu: CuPy with fused kernels (default: cpu)")
+
+
+DEVICE = one_of("cpu", "gpu")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The command line. Every option that takes a value is declared with its rule
+    (``add_option``; Config's fields take theirs from ``config.FIELD_RULES``), so argparse
+    checks its type and range and ``--help`` shows them."""
+    parser = ArgumentParser(
         prog="python -m zaremba_ref",
         description="Zaremba, Sutskever & Vinyals (2014): LSTM language models on Penn "
                     "Treebank with dropout on the non-recurrent connections only.")
@@ -47,34 +53,35 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train on PTB. Each epoch: train, then validation "
                                    "perplexity; at the end, test perplexity. Checkpoints go "
                                    "to RUN_DIR/checkpoint.npz, metrics to RUN_DIR/metrics.jsonl.")
-    t.add_argument("--config", choices=sorted(PRESETS), default="small",
-                   help="the paper's section 4.1 preset to start from (default: small)")
+    add_option(t, "--config", one_of(*sorted(PRESETS)), default="small",
+               help="the paper's section 4.1 preset to start from (default: small)")
     _add_data_args(t)
-    t.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                   help="float32 to train (default), float64 as an oracle")
-    t.add_argument("--seed", type=int, default=0,
-                   help="seeds the initial weights and the dropout masks (default: 0)")
-    t.add_argument("--out", metavar="RUN_DIR",
-                   help="run directory for checkpoints and metrics (default: runs/CONFIG)")
-    t.add_argument("--max-steps", type=int, metavar="N",
-                   help="stop after N training steps in all (smoke runs, benchmarks); a "
-                        "checkpoint and metrics are still written")
+    add_option(t, "--dtype", one_of("float32", "float64"), default="float32",
+               help="float32 to train (default), float64 as an oracle")
+    add_option(t, "--seed", SEED, default=0,
+               help="seeds the initial weights and the dropout masks (default: 0)")
+    add_option(t, "--out", TEXT, metavar="RUN_DIR",
+               help="run directory for checkpoints and metrics (default: runs/CONFIG); "
+                    "refused if it is a file, cannot be written, or holds another run")
+    add_option(t, "--max-steps", count(1), metavar="N",
+               help="stop after N training steps in all (smoke runs, benchmarks); a "
+                    "checkpoint and metrics are still written")
     t.add_argument("--resume", action="store_true",
                    help="continue from RUN_DIR/checkpoint.npz, bit-identical on CPU to an "
                         "uninterrupted run")
-    t.add_argument("--save-every", type=int, default=1000, metavar="N",
-                   help="also checkpoint every N steps (0: only at epoch ends and on "
-                        "SIGINT/SIGTERM; default: 1000)")
+    add_option(t, "--save-every", count(0), default=1000, metavar="N",
+               help="also checkpoint every N steps (0: only at epoch ends and on "
+                    "SIGINT/SIGTERM; default: 1000)")
     g = t.add_argument_group("overrides of the preset (the paper's values by default)")
     for f in fields(Config):
-        g.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None,
-                       metavar=f.name.upper(), help=HELP[f.name])
+        add_option(g, "--" + f.name.replace("_", "-"), FIELD_RULES[f.name], default=None,
+                   metavar=f.name.upper(), help=HELP[f.name])
 
     e = sub.add_parser("evaluate", help="perplexity of saved models on valid/test",
                        description="Evaluate saved models the paper's way (one pass, state "
                                    "carried, no dropout).")
-    e.add_argument("runs", nargs="+", metavar="RUN_DIR_OR_CHECKPOINT")
-    e.add_argument("--split", choices=("valid", "test", "both"), default="both")
+    add_option(e, "runs", TEXT, nargs="+", metavar="RUN_DIR_OR_CHECKPOINT")
+    add_option(e, "--split", one_of("valid", "test", "both"), default="both")
     e.add_argument("--ensemble", action="store_true",
                    help="also evaluate the average of the models' predicted probabilities "
                         "(Table 1's model averaging), with the first model's batch size "
@@ -83,13 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(e)
 
     s = sub.add_parser("sample", help="generate text from a saved model")
-    s.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
-    s.add_argument("--words", type=int, default=50, help="how many words (default: 50)")
-    s.add_argument("--temperature", type=float, default=1.0,
-                   help="softmax temperature: < 1 safer, > 1 wilder (default: 1)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--prime", default="", help='words to start from, e.g. "the company"')
-    s.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    add_option(s, "run", TEXT, metavar="RUN_DIR_OR_CHECKPOINT")
+    add_option(s, "--words", count(1, 1_000_000), default=50,
+               help="how many words (default: 50)")
+    add_option(s, "--temperature", real(0, lo_open=True), default=1.0,
+               help="softmax temperature: < 1 safer, > 1 wilder (default: 1)")
+    add_option(s, "--seed", SEED, default=0)
+    add_option(s, "--prime", TEXT, default="",
+               help='words to start from, e.g. "the company"')
+    add_option(s, "--device", DEVICE, default="cpu")
 
     tr = sub.add_parser(
         "trace", help="save every intermediate and gradient of one window (float64)",
@@ -103,20 +112,20 @@ def build_parser() -> argparse.ArgumentParser:
                     "its model on the first window of PTB valid, from a zero state, "
                     "masks drawn the same way.")
     src = tr.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", metavar="RUN_DIR_OR_CHECKPOINT")
-    src.add_argument("--random", metavar="V,H,L",
-                     help="a random model of vocabulary V, H units, L layers")
-    tr.add_argument("--batch", type=int, metavar="B",
-                    help="rows (default: 2 random, the run's batch size from a checkpoint)")
-    tr.add_argument("--steps", type=int, metavar="T",
-                    help="steps (default: 5 random, the run's window from a checkpoint)")
-    tr.add_argument("--seed", type=int, default=0, help="(default: 0)")
-    tr.add_argument("--mode", choices=("zaremba", "naive", "none"),
-                    help="dropout placement (default: zaremba, or the run's)")
-    tr.add_argument("--dropout", type=float, default=0.0,
-                    help="probability p of the masks (default: 0, no masks)")
-    tr.add_argument("--out", default="trace.npz", help="(default: trace.npz)")
-    tr.add_argument("--data-dir", metavar="DIR", help="PTB directory (with --checkpoint)")
+    add_option(src, "--checkpoint", TEXT, metavar="RUN_DIR_OR_CHECKPOINT")
+    add_option(src, "--random", TEXT, metavar="V,H,L",
+               help="a random model of vocabulary V, H units, L layers (integers >= 1)")
+    add_option(tr, "--batch", count(1), metavar="B",
+               help="rows (default: 2 random, the run's batch size from a checkpoint)")
+    add_option(tr, "--steps", count(1), metavar="T",
+               help="steps (default: 5 random, the run's window from a checkpoint)")
+    add_option(tr, "--seed", SEED, default=0, help="(default: 0)")
+    add_option(tr, "--mode", FIELD_RULES["mode"],
+               help="dropout placement (default: zaremba, or the run's)")
+    add_option(tr, "--dropout", FIELD_RULES["dropout"], default=0.0,
+               help="probability p of the masks (default: 0, no masks)")
+    add_option(tr, "--out", TEXT, default="trace.npz", help="(default: trace.npz)")
+    add_option(tr, "--data-dir", TEXT, metavar="DIR", help="PTB directory (with --checkpoint)")
     tr.add_argument("--no-verify-data", action="store_true")
 
     c = sub.add_parser(
@@ -125,10 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "first part (in trace order: forward, then gradients). Exit code 0 if "
                     "every element agrees (|a - b| <= atol + rtol |b|), 1 if not, 2 if a "
                     "file is unreadable or the arrays or shapes differ.")
-    c.add_argument("a", metavar="A.npz")
-    c.add_argument("b", metavar="B.npz")
-    c.add_argument("--rtol", type=float, default=1e-7, help="(default: 1e-7)")
-    c.add_argument("--atol", type=float, default=1e-9, help="(default: 1e-9)")
+    add_option(c, "a", TEXT, metavar="A.npz")
+    add_option(c, "b", TEXT, metavar="B.npz")
+    add_option(c, "--rtol", real(0), default=1e-7, help="(default: 1e-7)")
+    add_option(c, "--atol", real(0), default=1e-9, help="(default: 1e-9)")
     return parser
 
 
@@ -140,13 +149,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
+    from .train import prepare_run_dir, train
     config = config_from_args(args)
-    if args.max_steps is not None and args.max_steps < 1:
-        raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
     backend = get_backend(args.device)
-    corpus = load_ptb(args.data_dir, verify=not args.no_verify_data)
     run_dir = Path(args.out or f"runs/{args.config}")
+    prepare_run_dir(run_dir, args.resume)          # before the data: refuse a bad --out now
+    corpus = load_ptb(args.data_dir, verify=not args.no_verify_data)
     print(f"training {args.config}: {json.dumps(config.to_dict())} on {args.device} "
           f"({args.dtype}), run dir {run_dir}", flush=True)
     summary = train(config, corpus, run_dir, backend=backend, dtype=args.dtype,
@@ -167,6 +175,29 @@ def _load_model(path: str, device: str):
     return backend, {k: backend.asarray(v) for k, v in params.items()}, meta, vocab
 
 
+def _check_evaluation(run: str, params: dict, config: Config, corpus, splits, backend
+                      ) -> None:
+    """Before an evaluation pass: the model's vocabulary is the data's, each split holds
+    a full window at the run's batch size and window, and the pass fits in memory."""
+    from . import resources
+    V, H = params["embedding"].shape
+    L = sum(k.endswith(".W_h") for k in params)
+    if V != corpus.vocab_size:
+        raise CheckpointError(f"{run}: the model has a vocabulary of {V} words, the data "
+                              f"{corpus.vocab_size}; evaluate on the data it was trained on "
+                              "(--data-dir)")
+    T, need = config.num_steps, 0
+    for split in splits:
+        B = config.batch_size if split == "valid" else config.test_batch_size
+        resources.check_windows(f"ptb.{split}.txt", len(getattr(corpus, split)), B, T,
+                                f"{run} was trained with batch {B} and window {T}; "
+                                "evaluate on the data it was trained on")
+        need = max(need, resources.eval_elements(V, H, L, B, T))
+    resources.require_memory(need * params["embedding"].dtype.itemsize,
+                             f"evaluating {run} (batch {config.batch_size}, window {T})",
+                             "free memory, or evaluate on a larger machine", backend)
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .train import evaluate
     corpus = load_ptb(args.data_dir, verify=not args.no_verify_data)
@@ -176,6 +207,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for run in args.runs:
         backend, params, meta, _ = _load_model(run, args.device)
         config = Config.from_dict(meta["config"])
+        _check_evaluation(run, params, config, corpus, splits, backend)
         result = {"run": run}
         for split in splits:
             B = config.batch_size if split == "valid" else config.test_batch_size
@@ -191,6 +223,8 @@ def _evaluate_ensemble(runs, corpus, splits, device) -> int:
     models = [_load_model(run, device) for run in runs]
     backend = models[0][0]
     config = Config.from_dict(models[0][2]["config"])   # batching of the first member
+    for run, (_, params, _, _) in zip(runs, models):
+        _check_evaluation(run, params, config, corpus, splits, backend)
     members = [{"run": run} for run in runs]
     result = {"run": "ensemble", "members": list(runs)}
     for split in splits:
@@ -205,47 +239,64 @@ def _evaluate_ensemble(runs, corpus, splits, device) -> int:
     return 0
 
 
+def _random_model_sizes(text: str) -> tuple[int, int, int]:
+    """--random V,H,L -> (V, H, L), each an integer >= 1."""
+    try:
+        V, H, L = (int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--random wants V,H,L (three integers), got {text!r}") from None
+    for name, v in zip("VHL", (V, H, L)):
+        count(1).check(f"--random {name}", v)
+    return V, H, L
+
+
 def _cmd_trace(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from . import resources
+    from .checkpoint import atomic_savez
     from .data import batchify
     from .model import init_params
     from .trace import trace
-    for name in ("batch", "steps"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if not 0 <= args.dropout < 1:
-        raise ValueError(f"--dropout must be in [0, 1), got {args.dropout}")
     rng = np.random.default_rng([args.seed, 1])        # data, state, masks (not params)
+    out = args.out if args.out.endswith(".npz") else args.out + ".npz"
+    if Path(out).is_dir():
+        raise ValueError(f"--out {out} is a directory; name a file, e.g. {out}/trace.npz")
     if args.random:
-        try:
-            V, H, L = (int(v) for v in args.random.split(","))
-        except ValueError:
-            raise ValueError(f"--random wants V,H,L (three integers), got {args.random!r}") \
-                from None
+        V, H, L = _random_model_sizes(args.random)
         B, T = args.batch or 2, args.steps or 5
+        mode = args.mode or "zaremba"
+        need = (resources.param_elements(V, H, L)
+                + resources.trace_elements(V, H, L, B, T, args.dropout, mode)) * 8
+        resources.require_memory(need, f"a trace of V={V}, H={H}, L={L}, batch {B}, "
+                                 f"{T} steps (float64)",
+                                 "lower --random V,H,L, --batch or --steps")
         params = init_params(V, H, L, 0.1, seed=args.seed, dtype=np.float64)
         inputs, targets = (rng.integers(0, V, (B, T)) for _ in range(2))
         state = [tuple(rng.uniform(-0.5, 0.5, (B, H)) for _ in "hc") for _ in range(L)]
-        mode = args.mode or "zaremba"
     else:
         params, _, meta, _ = load_checkpoint(args.checkpoint)
         config = Config.from_dict(meta["config"])
         B, T = args.batch or config.batch_size, args.steps or config.num_steps
-        corpus = load_ptb(args.data_dir, verify=not args.no_verify_data)
-        data = batchify(corpus.valid, B)                 # the first window of PTB valid
-        if data.shape[1] < T + 1:
-            raise ValueError(f"PTB valid in {B} rows is too short for {T} steps")
-        inputs, targets = data[:, :T].astype(np.int64), data[:, 1:T + 1].astype(np.int64)
-        state, mode = None, args.mode or config.mode
         (V, H), L = params["embedding"].shape, sum(k.endswith(".W_h") for k in params)
+        mode = args.mode or config.mode
+        resources.require_memory(resources.trace_elements(V, H, L, B, T, args.dropout, mode)
+                                 * 8, f"a trace of {args.checkpoint} with batch {B}, {T} "
+                                 "steps (float64)", "lower --batch or --steps")
+        corpus = load_ptb(args.data_dir, verify=not args.no_verify_data)
+        if corpus.vocab_size != V:
+            raise CheckpointError(f"{args.checkpoint}: the model has a vocabulary of {V} "
+                                  f"words, the data {corpus.vocab_size}; pass the --data-dir "
+                                  "it was trained on")
+        resources.check_windows("ptb.valid.txt", len(corpus.valid), B, T,
+                                "lower --batch or --steps")
+        data = batchify(corpus.valid, B)                 # the first window of PTB valid
+        inputs, targets = data[:, :T].astype(np.int64), data[:, 1:T + 1].astype(np.int64)
+        state = None
     arrays = trace(params, inputs, targets, state, mode=mode, dropout=args.dropout, rng=rng)
-    out = args.out if args.out.endswith(".npz") else args.out + ".npz"
-    try:
-        np.savez(out, **{"data.inputs": np.asarray(inputs, dtype=np.int64),
-                         "data.targets": np.asarray(targets, dtype=np.int64)}, **arrays)
-    except OSError as e:
-        raise ValueError(f"cannot write {out}: {' '.join(str(e).split())}") from None
+    atomic_savez(out, {"data.inputs": np.asarray(inputs, dtype=np.int64),
+                       "data.targets": np.asarray(targets, dtype=np.int64), **arrays},
+                 what="trace")
     print(json.dumps({"out": out, "arrays": len(arrays) + 2, "vocab": int(V), "hidden": int(H),
                       "layers": int(L), "batch": B, "steps": T, "mode": mode,
                       "dropout": args.dropout, "loss": float(arrays["loss"])}))
@@ -261,10 +312,16 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
+    from . import resources
     from .sample import sample
     backend, params, _, vocab = _load_model(args.run, args.device)
     if vocab is None:
         raise CheckpointError(f"{args.run}: the checkpoint holds no vocabulary")
+    (V, H), L = params["embedding"].shape, sum(k.endswith(".W_h") for k in params)
+    n = max(1, len(args.prime.split()))
+    resources.require_memory(resources.eval_elements(V, H, L, 1, n) * params["embedding"]
+                             .dtype.itemsize, f"sampling after a prime of {n} words",
+                             "shorten --prime", backend)
     words = sample(params, vocab, args.words, args.temperature, args.seed, args.prime, backend)
     print(" ".join(words).replace("<eos>", "\n"))
     return 0
@@ -272,21 +329,38 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 def run_cli(fn: Callable[[], int]) -> int:
     """Run ``fn()`` (a command, or an example's main) and turn every expected failure
-    into one line on stderr and its exit code: 2, or 1 for a diverged training run."""
+    into one line on stderr and its exit code: 2, or 1 for a diverged training run,
+    130 for Ctrl-C outside training (which stops at a checkpoint by itself)."""
     from .trace import CompareError
     from .train import TrainingError
     try:
         return fn()
     except (DataError, CheckpointError, BackendUnavailable, CompareError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
     except TrainingError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 1
+    except MemoryError as e:   # the estimate was passed, yet an allocation failed
+        print_error(f"out of memory ({' '.join(str(e).split()) or 'MemoryError'}); lower "
+                    "--hidden-size, --batch-size or --num-steps, or free memory")
+        return 2
+    except OSError as e:       # a file the checks above did not foresee: name it and why
+        print_error(f"{e.filename or ''}{': ' if e.filename else ''}"
+                    f"{e.strerror or ' '.join(str(e).split())}")
+        return 2
+    except KeyboardInterrupt:
+        print_error("interrupted")
+        return 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """The command line; returns the exit code (``--help``: 0; a bad argument: 2, after
+    one line on stderr naming it)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 2
     command = {"train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample,
                "trace": _cmd_trace, "compare": _cmd_compare}
     return run_cli(lambda: command[args.command](args))

@@ -29,8 +29,9 @@ def sample(params: dict, vocab: list[str], words: int = 50, temperature: float =
                        backend=backend)
     generated = []
     for _ in range(words):
-        logits = backend.to_numpy(y[-1]).astype(np.float64) / temperature   # (V,)
-        p = np.exp(logits - logits.max())
+        logits = backend.to_numpy(y[-1]).astype(np.float64)                 # (V,)
+        p = np.exp((logits - logits.max()) / temperature)  # shift first: no overflow
+        # at any temperature > 0 (the same p; bit for bit at temperature 1)
         w = int(rng.choice(len(p), p=p / p.sum()))
         generated.append(vocab[w])
         y, state = forward(params, backend.asarray(np.array([[w]])), state, backend=backend)

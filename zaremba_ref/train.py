@@ -9,12 +9,14 @@ and a clean stop on a NaN or Inf.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
 import signal
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +25,9 @@ from typing import Any, TextIO
 import numpy as np
 
 from .backend import CPU, Backend
-from .checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
+from . import resources
+from .checkpoint import (CheckpointError, _reason, checkpoint_path, load_checkpoint,
+                         save_checkpoint)
 from .config import Config
 from .data import (Corpus, batchify, evaluation_windows, num_evaluation_windows,
                    num_windows, windows)
@@ -84,9 +88,66 @@ def _stop_on_signals():
             signal.signal(s, h)
 
 
+RUN_FILES = ("checkpoint.npz", "metrics.jsonl", "segments.jsonl")
+
+
+def prepare_run_dir(run_dir: str | Path, resume: bool) -> Path:
+    """Make sure ``run_dir`` can take this run before anything is computed: it is a
+    directory (created if missing) that can be written, and it holds no other run
+    (a checkpoint, or the metrics of a run that never saved one) unless resuming.
+    Raises CheckpointError naming the directory and the fix; nothing is written
+    there but a probe file, removed at once."""
+    run_dir = Path(run_dir)
+    fix = "choose another --out"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"--out {run_dir} is a file, not a directory; {fix}")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=run_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise CheckpointError(f"--out {run_dir} cannot be written ({_reason(e)}); {fix}") \
+            from None
+    ckpt = checkpoint_path(run_dir)
+    if not resume:
+        if ckpt.exists():
+            raise CheckpointError(f"{ckpt} exists: pass --resume to continue that run, or "
+                                  f"{fix}")
+        others = [n for n in RUN_FILES[1:] if (run_dir / n).exists()]
+        if others:
+            raise CheckpointError(f"--out {run_dir} holds another run's {' and '.join(others)} "
+                                  f"but no checkpoint to resume; {fix}, or delete them to "
+                                  "start over there")
+    return run_dir
+
+
+def _append_line(path: Path, record: dict) -> None:
+    """Append one JSON line, whole or not at all: a write that fails (disk full) is
+    cut back to the file's previous end and raised as CheckpointError."""
+    data = (json.dumps(record) + "\n").encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot write ({_reason(e)})") from None
+    try:
+        end = os.fstat(fd).st_size
+        try:
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as e:
+            try:
+                os.ftruncate(fd, end)
+            except OSError:
+                pass
+            raise CheckpointError(f"{path}: cannot write ({_reason(e)}); free space or "
+                                  "choose another --out") from None
+    finally:
+        os.close(fd)
+
+
 def _write_metrics(run_dir: Path, record: dict) -> None:
-    with open(run_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
+    _append_line(run_dir / "metrics.jsonl", record)
 
 
 def _trim_metrics(run_dir: Path, global_step: int) -> None:
@@ -96,11 +157,20 @@ def _trim_metrics(run_dir: Path, global_step: int) -> None:
     if not path.exists():
         return
     lines = path.read_text().splitlines()
-    keep = [line for line in lines if line.strip() and json.loads(line)["step"] <= global_step]
+    try:
+        keep = [line for line in lines
+                if line.strip() and json.loads(line)["step"] <= global_step]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: a line is not a metrics record ({e}); move the file "
+                              "away to resume") from None
     if len(keep) != len(lines):
         tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        os.replace(tmp, path)
+        try:
+            tmp.write_text("".join(line + "\n" for line in keep))
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise CheckpointError(f"{path}: cannot rewrite ({_reason(e)})") from None
 
 
 def params_digest(params: dict, backend: Backend = CPU) -> str:
@@ -116,8 +186,7 @@ def params_digest(params: dict, backend: Backend = CPU) -> str:
 def _log_segment(run_dir: Path, record: dict) -> None:
     """One line per start and per end of a process training this run (segments.jsonl)."""
     record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **record}
-    with open(run_dir / "segments.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
+    _append_line(run_dir / "segments.jsonl", record)
 
 
 def _rng_state(rng: Any) -> dict | None:
@@ -139,6 +208,22 @@ def _check_resumable(path: Path, meta: dict, config: Config, dtype: str, seed: i
                               "resume with the original settings or use another --out")
 
 
+def check_before_training(config: Config, corpus: Corpus, dtype: str = "float32",
+                          backend: Backend = CPU) -> None:
+    """Refuse, before anything is allocated, a run that cannot go through: a batch size
+    and window that leave no full window in a split (train and validation at
+    batch_size, test at test_batch_size), or a peak memory (``resources``) above what
+    is available. Raises ResourceError (a ValueError) with the numbers and the fix."""
+    B, T = config.batch_size, config.num_steps
+    resources.check_windows("the training data (ptb.train.txt)", len(corpus.train), B, T,
+                            "lower --batch-size or --num-steps")
+    resources.check_windows("the validation data (ptb.valid.txt)", len(corpus.valid), B, T,
+                            "lower --batch-size or --num-steps")
+    resources.check_windows("the test data (ptb.test.txt)", len(corpus.test),
+                            config.test_batch_size, T, "lower --test-batch-size or --num-steps")
+    resources.check_training(config, np.dtype(dtype).itemsize, corpus.vocab_size, backend)
+
+
 def train(config: Config, corpus: Corpus, run_dir: str | Path, *, backend: Backend = CPU,
           dtype: str = "float32", seed: int = 0, resume: bool = False,
           max_steps: int | None = None, save_every: int = 1000,
@@ -150,14 +235,18 @@ def train(config: Config, corpus: Corpus, run_dir: str | Path, *, backend: Backe
     """
     out = out or sys.stdout
     config.validate()
+    run_dir = prepare_run_dir(run_dir, resume)         # a directory we may write, no other run
+    check_before_training(config, corpus, dtype, backend)
     if corpus.vocab_size != config.vocab_size:
         config = config.replace(vocab_size=corpus.vocab_size)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = checkpoint_path(run_dir)
     rng = backend.rng(seed)                            # dropout masks, owned here
     if resume:
         params, state, meta, _ = load_checkpoint(ckpt)
+        missing = [k for k in ("dtype", "seed", "epoch", "step", "global_step", "loss_sum",
+                               "words", "rng") if k not in meta]
+        if missing:
+            raise CheckpointError(f"{ckpt}: its meta lacks {missing}; it cannot be resumed")
         _check_resumable(ckpt, meta, config, dtype, seed)
         params = {k: backend.asarray(v) for k, v in params.items()}
         state = [(backend.asarray(h), backend.asarray(c)) for h, c in state]
@@ -263,9 +352,14 @@ def train(config: Config, corpus: Corpus, run_dir: str | Path, *, backend: Backe
         raise
     finally:   # also on an exception; a SIGKILL leaves only the start line
         seconds = time.perf_counter() - t_start
-        _log_segment(run_dir, {"event": "end", "status": summary.get("status"),
-                               "global_step": global_step, "steps": global_step - first_step,
-                               "seconds": round(seconds, 1),
-                               "words_per_sec": round((global_step - first_step) * B * T
-                                                      / max(seconds, 1e-9), 1)})
+        try:
+            _log_segment(run_dir, {"event": "end", "status": summary.get("status"),
+                                   "global_step": global_step,
+                                   "steps": global_step - first_step,
+                                   "seconds": round(seconds, 1),
+                                   "words_per_sec": round((global_step - first_step) * B * T
+                                                          / max(seconds, 1e-9), 1)})
+        except CheckpointError:
+            if summary["status"] != "error":   # else the first error is the one to tell
+                raise
 

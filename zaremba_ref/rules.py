@@ -1,0 +1,156 @@
+"""The rules of every value a user can type: its type and its range, declared once.
+
+A :class:`Rule` sits beside what it guards: the fields of ``Config`` in ``config.py``
+(``FIELD_RULES``), each command's own options in ``cli.py``. One rule serves three
+readers, so they cannot drift apart:
+
+* argparse: :func:`add_option` makes the rule the option's ``type``, so the text is
+  parsed and range-checked before any command runs, and a bad value is one line naming
+  the flag (``--hidden-size must be an integer >= 1, got -1``);
+* ``Config.validate``: the same check, naming the field (``hidden_size must be >= 1``);
+* ``--help``: the range is appended to the option's help text.
+
+:class:`ArgumentParser` turns every argparse error into that one line (no usage
+block) and exit code 2. ``tests/test_faults.py`` walks every subcommand and fails on
+an option that takes a value without a rule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import numbers
+import sys
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a value may be: ``kind`` int, float or str; for numbers an interval
+    [lo, hi] (either end open, either one absent); for str the allowed ``choices``
+    (None: any text, e.g. a path). Floats must also be finite."""
+
+    kind: type
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    choices: tuple[str, ...] | None = None
+
+    def describe(self) -> str:
+        """The range as --help and the errors write it: ">= 1", "in [0, 1)", ...."""
+        if self.choices:
+            c = list(self.choices)
+            return c[0] if len(c) == 1 else ", ".join(c[:-1]) + " or " + c[-1]
+        if self.lo is not None and self.hi is not None:
+            return (f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}"
+                    f"{')' if self.hi_open else ']'}")
+        if self.lo is not None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        if self.hi is not None:
+            return f"{'<' if self.hi_open else '<='} {self.hi:g}"
+        return "any text" if self.kind is str else "any number"
+
+    def _in_range(self, v: Any) -> bool:
+        if self.choices is not None:
+            return v in self.choices
+        if self.lo is not None and not (v > self.lo if self.lo_open else v >= self.lo):
+            return False
+        return self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+
+    def check(self, name: str, value: Any) -> Any:
+        """``value`` if it obeys the rule, else ValueError "NAME must be ..., got ..."."""
+        got = repr(value) if isinstance(value, str) else value
+        if self.kind is int and (isinstance(value, bool)
+                                 or not isinstance(value, numbers.Integral)):
+            raise ValueError(f"{name} must be an integer {self.describe()}, got {got}")
+        if self.kind is float:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise ValueError(f"{name} must be a number {self.describe()}, got {got}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number {self.describe()}, "
+                                 f"got {got}")
+        if self.kind is str and not isinstance(value, str):
+            raise ValueError(f"{name} must be {self.describe()}, got {got!r}")
+        if not self._in_range(value):
+            raise ValueError(f"{name} must be {self.describe()}, got {got}")
+        return value
+
+    def parse(self, name: str, text: str) -> Any:
+        """The value typed on the command line, converted and checked."""
+        if self.kind is str:
+            return self.check(name, text)
+        try:
+            value = self.kind(text)
+        except (ValueError, OverflowError):
+            what = "an integer" if self.kind is int else "a number"
+            raise ValueError(f"{name} must be {what} {self.describe()}, got {text!r}") \
+                from None
+        return self.check(name, value)
+
+
+def count(lo: int = 1, hi: int | None = None) -> Rule:
+    """An integer in [lo, hi] (hi None: no upper bound)."""
+    return Rule(int, lo, hi)
+
+
+def real(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+         hi_open: bool = False) -> Rule:
+    """A finite float in the given interval."""
+    return Rule(float, lo, hi, lo_open, hi_open)
+
+
+def one_of(*choices: str) -> Rule:
+    return Rule(str, choices=tuple(choices))
+
+
+TEXT = Rule(str)          # free text: a path, a prime, V,H,L (checked where used)
+SEED = count(0, 2**63 - 1)
+
+
+class RuleType:
+    """argparse's ``type=`` for a rule: parses and checks the text, naming the flag."""
+
+    def __init__(self, flag: str, rule: Rule):
+        self.flag, self.rule = flag, rule
+        self.__name__ = rule.kind.__name__        # argparse prints it in some errors
+
+    def __call__(self, text: str) -> Any:
+        try:
+            return self.rule.parse(self.flag, text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_option(parser: Any, flag: str, rule: Rule, help: str | None = None,
+               **kwargs: Any) -> argparse.Action:
+    """``parser.add_argument(flag, ...)`` with ``rule`` as its type, its choices and
+    its range in the help (``help=argparse.SUPPRESS`` stays hidden)."""
+    if help is not argparse.SUPPRESS and rule.choices is None and rule.kind is not str:
+        kind = "integer" if rule.kind is int else "number"
+        help = f"{help + '; ' if help else ''}{kind} {rule.describe()}"
+    if rule.choices is not None:
+        kwargs.setdefault("choices", rule.choices)
+    name = flag if flag.startswith("-") else kwargs.get("metavar", flag)
+    return parser.add_argument(flag, type=RuleType(name, rule), help=help, **kwargs)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but an error is ONE line on stderr naming the argument (no usage
+    block; ``--help`` has it), and exit code 2. Subparsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        # "argument --hidden-size: --hidden-size must be ..." -> "--hidden-size must be ..."
+        prefix, _, rest = message.partition(": ")
+        if prefix.startswith("argument ") and rest.startswith(prefix[len("argument "):]):
+            message = rest
+        message = message.replace("\r", "\\r").replace("\n", "\\n")
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def print_error(message: object) -> None:
+    """One line on stderr, whatever the message holds (a path with a newline stays
+    on its line, escaped)."""
+    text = str(message).replace("\r", "\\r").replace("\n", "\\n")
+    print(f"error: {text}", file=sys.stderr)
