@@ -204,10 +204,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     splits = ("valid", "test") if args.split == "both" else (args.split,)
     if args.ensemble:
         return _evaluate_ensemble(args.runs, corpus, splits, args.device)
+    for run in args.runs:              # every checkpoint checked before the first pass
+        backend, params, meta, _ = _load_model(run, args.device)
+        _check_evaluation(run, params, Config.from_dict(meta["config"]), corpus, splits,
+                          backend)
+        del params
     for run in args.runs:
         backend, params, meta, _ = _load_model(run, args.device)
         config = Config.from_dict(meta["config"])
-        _check_evaluation(run, params, config, corpus, splits, backend)
         result = {"run": run}
         for split in splits:
             B = config.batch_size if split == "valid" else config.test_batch_size
@@ -262,7 +266,7 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     out = args.out if args.out.endswith(".npz") else args.out + ".npz"
     if Path(out).is_dir():
         raise ValueError(f"--out {out} is a directory; name a file, e.g. {out}/trace.npz")
-    if args.random:
+    if args.random is not None:
         V, H, L = _random_model_sizes(args.random)
         B, T = args.batch or 2, args.steps or 5
         mode = args.mode or "zaremba"
@@ -304,9 +308,12 @@ def _cmd_trace(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .trace import compare_traces, format_comparison, load_trace
+    from .trace import CompareError, compare_traces, format_comparison, load_trace
     a, b = load_trace(args.a), load_trace(args.b)
-    rows, first = compare_traces(a, b, args.rtol, args.atol)
+    try:
+        rows, first = compare_traces(a, b, args.rtol, args.atol)
+    except CompareError as e:                          # name the files
+        raise CompareError(f"{args.a} vs {args.b}: {e}") from None
     print(format_comparison(rows, first, args.rtol, args.atol))
     return 0 if first is None else 1
 

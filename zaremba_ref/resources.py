@@ -123,12 +123,14 @@ def available_bytes(backend: Any = None) -> int | None:
 
 
 def human(n: float) -> str:
-    """Bytes as people read them: 298 GiB, 1.5 GiB, 220 MiB."""
+    """Bytes as people read them: 1,024 GiB, 298 GiB, 1.5 GiB, 220 MiB, 12 KiB."""
     if n >= 1000 * GiB:
         return f"{n / GiB:,.0f} GiB"
     if n >= GiB:
         return f"{n / GiB:.3g} GiB"
-    return f"{n / MiB:.3g} MiB"
+    if n >= MiB:
+        return f"{n / MiB:.3g} MiB"
+    return f"{n / 1024:.3g} KiB"
 
 
 def require_memory(needed: int, what: str, fix: str, backend: Any = None) -> None:
