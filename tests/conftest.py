@@ -7,6 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import Phase, settings
+
+# --hypothesis-profile fuzz-debug: report a failure as found, without shrinking it (the
+# fuzzed command lines of test_faults.py shrink slowly)
+settings.register_profile("fuzz-debug", phases=[Phase.explicit, Phase.reuse, Phase.generate])
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -149,12 +149,13 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train import prepare_run_dir, train
+    from .train import check_before_training, prepare_run_dir, train
     config = config_from_args(args)
     backend = get_backend(args.device)
     run_dir = Path(args.out or f"runs/{args.config}")
     prepare_run_dir(run_dir, args.resume)          # before the data: refuse a bad --out now
     corpus = load_ptb(args.data_dir, verify=not args.no_verify_data)
+    check_before_training(config, corpus, args.dtype, backend)   # (train checks it again)
     print(f"training {args.config}: {json.dumps(config.to_dict())} on {args.device} "
           f"({args.dtype}), run dir {run_dir}", flush=True)
     summary = train(config, corpus, run_dir, backend=backend, dtype=args.dtype,

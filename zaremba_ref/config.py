@@ -32,6 +32,7 @@ we follow the paper and make the difference a setting:
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 
 from .rules import Rule, count, one_of, real
@@ -62,6 +63,16 @@ class Config:
         (``FIELD_RULES``, the same rules the command line checks)."""
         for f in fields(self):
             FIELD_RULES[f.name].check(f.name, getattr(self, f.name))
+        from .optim import learning_rate            # the schedule's last value must exist
+        n = max(0, self.max_epoch - self.decay_start)
+        try:
+            last = learning_rate(self.max_epoch, self.lr, self.decay_start, self.lr_decay)
+        except (OverflowError, ZeroDivisionError):
+            last = math.nan
+        if not (math.isfinite(last) and last > 0):
+            raise ValueError(f"the last epoch's learning rate lr / lr_decay^(max_epoch - "
+                             f"decay_start) = {self.lr} / {self.lr_decay}^{n} is not a finite "
+                             "number > 0; lower max_epoch or bring lr_decay closer to 1")
         return self
 
     @property
@@ -98,7 +109,7 @@ FIELD_RULES: dict[str, Rule] = {
     "lr": real(0, lo_open=True),
     "decay_start": count(0),
     "lr_decay": real(0, lo_open=True),
-    "max_epoch": count(1),
+    "max_epoch": count(1, 100_000),
     "max_grad_norm": real(0, lo_open=True),
     "objective": one_of("sum_steps", "mean"),
     "vocab_size": count(1),

@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 
 @dataclass(frozen=True)
 class Rule:
-    """What a value may be: ``kind`` int, float or str; for numbers an interval
+    """What a value may be: ``kind`` int, float, str or bool; for numbers an interval
     [lo, hi] (either end open, either one absent); for str the allowed ``choices``
     (None: any text, e.g. a path). Floats must also be finite."""
 
@@ -40,6 +40,8 @@ class Rule:
 
     def describe(self) -> str:
         """The range as --help and the errors write it: ">= 1", "in [0, 1)", ...."""
+        if self.kind is bool:
+            return "true or false"
         if self.choices:
             c = list(self.choices)
             return c[0] if len(c) == 1 else ", ".join(c[:-1]) + " or " + c[-1]
@@ -71,6 +73,10 @@ class Rule:
             if not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number {self.describe()}, "
                                  f"got {got}")
+        if self.kind is bool:
+            if not isinstance(value, (bool, np_bool_types())):
+                raise ValueError(f"{name} must be true or false, got {got}")
+            return value
         if self.kind is str and not isinstance(value, str):
             raise ValueError(f"{name} must be {self.describe()}, got {got!r}")
         if not self._in_range(value):
@@ -81,6 +87,11 @@ class Rule:
         """The value typed on the command line, converted and checked."""
         if self.kind is str:
             return self.check(name, text)
+        if self.kind is bool:
+            word = text.strip().lower()
+            if word not in _BOOL_WORDS:
+                raise ValueError(f"{name} must be true or false, got {text!r}")
+            return _BOOL_WORDS[word]
         try:
             value = self.kind(text)
         except (ValueError, OverflowError):
@@ -88,6 +99,16 @@ class Rule:
             raise ValueError(f"{name} must be {what} {self.describe()}, got {text!r}") \
                 from None
         return self.check(name, value)
+
+
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True,
+               "false": False, "no": False, "off": False, "0": False}
+
+
+def np_bool_types() -> tuple:
+    """NumPy's bool type, if NumPy is loaded (a checkpoint's JSON gives plain bools)."""
+    np = sys.modules.get("numpy")
+    return (np.bool_,) if np is not None else ()
 
 
 def count(lo: int = 1, hi: int | None = None) -> Rule:
@@ -102,7 +123,13 @@ def real(lo: float | None = None, hi: float | None = None, lo_open: bool = False
 
 
 def one_of(*choices: str) -> Rule:
+    """One of the given words."""
     return Rule(str, choices=tuple(choices))
+
+
+def switch() -> Rule:
+    """A bool, typed as true/false (yes/no, on/off, 1/0) on the command line."""
+    return Rule(bool)
 
 
 TEXT = Rule(str)          # free text: a path, a prime, V,H,L (checked where used)
@@ -127,7 +154,9 @@ def add_option(parser: Any, flag: str, rule: Rule, help: str | None = None,
                **kwargs: Any) -> argparse.Action:
     """``parser.add_argument(flag, ...)`` with ``rule`` as its type, its choices and
     its range in the help (``help=argparse.SUPPRESS`` stays hidden)."""
-    if help is not argparse.SUPPRESS and rule.choices is None and rule.kind is not str:
+    if help is not argparse.SUPPRESS and rule.kind is bool:
+        help = f"{help + '; ' if help else ''}true or false"
+    elif help is not argparse.SUPPRESS and rule.choices is None and rule.kind is not str:
         kind = "integer" if rule.kind is int else "number"
         help = f"{help + '; ' if help else ''}{kind} {rule.describe()}"
     if rule.choices is not None:
