@@ -49,7 +49,7 @@ def _rules_module():
     return sys.modules[name]
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     """The options, each with its rule (type and range, shown in --help); a bad value is
     one line on stderr naming it, exit code 2."""
     rules = _rules_module()
@@ -84,7 +84,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                help="comma-separated T values of the --scaling sweep, integers >= 1")
     add_option(p, "--scaling-hidden", TEXT, default="200,650,1500",
                help="comma-separated H values of the --scaling sweep, integers >= 1")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
+    count = _rules_module().count
     for name in ("scaling_steps", "scaling_hidden"):
         flag = "--" + name.replace("_", "-")
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from dataclasses import fields
 from pathlib import Path
 from typing import Callable, Sequence
@@ -342,7 +343,9 @@ def run_cli(fn: Callable[[], int]) -> int:
     from .trace import CompareError
     from .train import TrainingError
     try:
-        return fn()
+        with warnings.catch_warnings():   # NaN/Inf are caught and told by the trainer itself
+            warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"zaremba_ref\.")
+            return fn()
     except (DataError, CheckpointError, BackendUnavailable, CompareError, ValueError) as e:
         print_error(e)
         return 2

@@ -170,8 +170,14 @@ class Corpus:
 
 def read_words(path: str | os.PathLike) -> list[str]:
     """Return the whitespace-separated words of ``path``, each newline read as ``<eos>``."""
-    with open(path, encoding="utf-8") as f:
-        return f.read().replace("\n", EOS).split()
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().replace("\n", EOS).split()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); the PTB "
+                        "files are plain text, one sentence per line") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({_one_line(e.strerror or e)})") from None
 
 
 def build_vocab(words: Iterable[str]) -> list[str]:

@@ -25,7 +25,7 @@ import numpy as np
 
 from .backend import CPU, Backend
 from .data import batchify, evaluation_windows
-from .loss import target_log_probs
+from .loss import perplexity, target_log_probs
 from .model import forward
 
 
@@ -61,5 +61,5 @@ def evaluate_ensemble(list_of_params: Sequence[dict], stream: np.ndarray, batch_
         total -= log_avg.sum()
         member_totals -= log_p.sum(axis=1)
         count += w.shape[0]
-    return EnsembleResult(math.exp(total / count),
-                          [math.exp(s / count) for s in member_totals])
+    return EnsembleResult(perplexity(total / count),
+                          [perplexity(s / count) for s in member_totals])

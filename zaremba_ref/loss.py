@@ -13,11 +13,18 @@ the README's "Conventions").
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .backend import Backend
 
 Array = Any
+
+
+def perplexity(mean_nll: float) -> float:
+    """exp(mean NLL); inf where that exceeds the largest float (a diverging run's loss
+    of ~710 and more), instead of an OverflowError."""
+    return math.exp(mean_nll) if mean_nll < 709.78 else math.inf
 
 
 def target_log_probs(y: Array, w: Array, backend: Backend) -> tuple[Array, Array]:

@@ -174,12 +174,19 @@ class ArgumentParser(argparse.ArgumentParser):
         prefix, _, rest = message.partition(": ")
         if prefix.startswith("argument ") and rest.startswith(prefix[len("argument "):]):
             message = rest
-        message = message.replace("\r", "\\r").replace("\n", "\\n")
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"     # what str.splitlines() breaks at
+
+
+def one_line(message: object) -> str:
+    """``str(message)`` with every line break escaped (``\\n``, ``\\x1e``...), so that a
+    path or a value holding one stays on the error's line."""
+    return "".join(c.encode("unicode_escape").decode() if c in _BREAKS else c
+                   for c in str(message))
 
 
 def print_error(message: object) -> None:
-    """One line on stderr, whatever the message holds (a path with a newline stays
-    on its line, escaped)."""
-    text = str(message).replace("\r", "\\r").replace("\n", "\\n")
-    print(f"error: {text}", file=sys.stderr)
+    """``error: MESSAGE`` on stderr, on one line whatever the message holds."""
+    print(f"error: {one_line(message)}", file=sys.stderr)

@@ -31,6 +31,7 @@ from .checkpoint import (CheckpointError, _reason, checkpoint_path, load_checkpo
 from .config import Config
 from .data import (Corpus, batchify, evaluation_windows, num_evaluation_windows,
                    num_windows, windows)
+from .loss import perplexity
 from .model import init_params, loss_and_grads, loss_only, zero_state
 from .optim import learning_rate, sgd_step
 from .progress import Progress
@@ -57,10 +58,10 @@ def evaluate(params: dict, stream: np.ndarray, batch_size: int, num_steps: int,
         total += loss * y.size
         count += y.size
         if progress:
-            progress.update(k, ppl=f"{math.exp(total / count):.2f}")
+            progress.update(k, ppl=f"{perplexity(total / count):.2f}")
     if progress:
         progress.close()
-    return math.exp(total / count)
+    return perplexity(total / count)
 
 
 def train_step(params: dict, inputs: Any, targets: Any, state: list, config: Config,
@@ -303,13 +304,15 @@ def train(config: Config, corpus: Corpus, run_dir: str | Path, *, backend: Backe
                                                    backend)
                     for what, value in (("loss", loss), ("gradient norm", norm)):
                         if not math.isfinite(value):  # stop before any save: keep the last
+                            kept = (f"the last good checkpoint {ckpt} is intact"
+                                    if ckpt.exists() else "no checkpoint was written")
                             raise TrainingError(f"{what} is {value} at epoch {epoch}, step "
-                                                f"{step + 1}; the last good checkpoint {ckpt} is "
-                                                "intact; try a lower --lr or --max-grad-norm")
+                                                f"{step + 1}; {kept}; try a lower --lr, "
+                                                "--max-grad-norm or --init-scale")
                     step, global_step = step + 1, global_step + 1
                     loss_sum, words = loss_sum + loss * x.size, words + x.size
                     wps = (words - words0) / (time.perf_counter() - t0)
-                    progress.update(step, ppl=f"{math.exp(loss_sum / words):.2f}",
+                    progress.update(step, ppl=f"{perplexity(loss_sum / words):.2f}",
                                     wps=f"{wps:,.0f}", lr=f"{lr:.4g}", norm=f"{norm:.2f}")
                     stop = "interrupted" if signals else (
                         "max_steps" if max_steps is not None and global_step >= max_steps
@@ -318,7 +321,7 @@ def train(config: Config, corpus: Corpus, run_dir: str | Path, *, backend: Backe
                         save(epoch, step)
                     if stop:
                         progress.close()
-                        summary.update(status=stop, train_ppl=math.exp(loss_sum / words))
+                        summary.update(status=stop, train_ppl=perplexity(loss_sum / words))
                         _write_metrics(run_dir, {"epoch": epoch, "step": global_step, "lr": lr,
                                                  "train_ppl": summary["train_ppl"],
                                                  "words_per_sec": wps, "status": stop})
@@ -329,7 +332,7 @@ def train(config: Config, corpus: Corpus, run_dir: str | Path, *, backend: Backe
                 progress.close()
                 valid_ppl = evaluate(params, corpus.valid, B, T, backend)
                 record = {"epoch": epoch, "step": global_step, "lr": lr,
-                          "train_ppl": math.exp(loss_sum / max(words, 1)),
+                          "train_ppl": perplexity(loss_sum / max(words, 1)),
                           "words_per_sec": (words - words0) / (time.perf_counter() - t0),
                           "valid_ppl": valid_ppl}
                 _write_metrics(run_dir, record)
