@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from zaremba_ref import CPU, init_params, resources, zero_state
-from zaremba_ref.checkpoint import CheckpointError, load_checkpoint
+from zaremba_ref.checkpoint import load_checkpoint
 from zaremba_ref.cli import build_parser, main
 from zaremba_ref.config import FIELD_RULES, PRESETS, Config
 from zaremba_ref.model import loss_only

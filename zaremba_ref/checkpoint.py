@@ -16,6 +16,7 @@ unwritable directory) removes the temporary file and raises CheckpointError.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .checks import check_params
 from .config import Config
 
 FORMAT = "zaremba_ref.checkpoint.v1"
@@ -32,7 +34,8 @@ FILENAME = "checkpoint.npz"
 
 
 class CheckpointError(Exception):
-    """A checkpoint that cannot be used (the message names the file and the problem)."""
+    """A checkpoint, or a run directory, that cannot be used or written (the message
+    names the file and the problem)."""
 
 
 def checkpoint_path(path: str | os.PathLike) -> Path:
@@ -73,7 +76,7 @@ def atomic_savez(path: str | os.PathLike, arrays: dict[str, np.ndarray],
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         kept = "the previous one is intact" if path.exists() else "nothing was written"
-        raise CheckpointError(f"{path}: cannot write the {what} ({_reason(e)}); {kept}; "
+        raise CheckpointError(f"{path}: cannot write the {what} ({reason_of(e)}); {kept}; "
                               "free space or choose another place") from None
     except BaseException:
         if tmp is not None:
@@ -82,9 +85,8 @@ def atomic_savez(path: str | os.PathLike, arrays: dict[str, np.ndarray],
     return path
 
 
-def _reason(e: OSError) -> str:
+def reason_of(e: OSError) -> str:
     """'No space left on device (ENOSPC)' from an OSError, on one line."""
-    import errno
     name = errno.errorcode.get(e.errno or 0)
     text = e.strerror or " ".join(str(e).split())
     return f"{text} ({name})" if name else text
@@ -106,7 +108,6 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict, list, dict, list[str
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} checkpoint (format "
                               f"{meta.get('format') if isinstance(meta, dict) else None!r})")
-    from .checks import check_params
     try:
         params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
         check_params(params)

@@ -26,7 +26,7 @@ import numpy as np
 
 from .backend import CPU, Backend
 from . import resources
-from .checkpoint import (CheckpointError, _reason, checkpoint_path, load_checkpoint,
+from .checkpoint import (CheckpointError, checkpoint_path, load_checkpoint, reason_of,
                          save_checkpoint)
 from .config import Config
 from .data import (Corpus, batchify, evaluation_windows, num_evaluation_windows,
@@ -108,7 +108,7 @@ def prepare_run_dir(run_dir: str | Path, resume: bool) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise CheckpointError(f"--out {run_dir} cannot be written ({_reason(e)}); {fix}") \
+        raise CheckpointError(f"--out {run_dir} cannot be written ({reason_of(e)}); {fix}") \
             from None
     ckpt = checkpoint_path(run_dir)
     if not resume:
@@ -130,7 +130,7 @@ def _append_line(path: Path, record: dict) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     except OSError as e:
-        raise CheckpointError(f"{path}: cannot write ({_reason(e)})") from None
+        raise CheckpointError(f"{path}: cannot write ({reason_of(e)})") from None
     try:
         end = os.fstat(fd).st_size
         try:
@@ -141,7 +141,7 @@ def _append_line(path: Path, record: dict) -> None:
                 os.ftruncate(fd, end)
             except OSError:
                 pass
-            raise CheckpointError(f"{path}: cannot write ({_reason(e)}); free space or "
+            raise CheckpointError(f"{path}: cannot write ({reason_of(e)}); free space or "
                                   "choose another --out") from None
     finally:
         os.close(fd)
@@ -171,7 +171,7 @@ def _trim_metrics(run_dir: Path, global_step: int) -> None:
             os.replace(tmp, path)
         except OSError as e:
             tmp.unlink(missing_ok=True)
-            raise CheckpointError(f"{path}: cannot rewrite ({_reason(e)})") from None
+            raise CheckpointError(f"{path}: cannot rewrite ({reason_of(e)})") from None
 
 
 def params_digest(params: dict, backend: Backend = CPU) -> str:
