@@ -45,13 +45,14 @@ class Rule:
         if self.choices:
             c = list(self.choices)
             return c[0] if len(c) == 1 else ", ".join(c[:-1]) + " or " + c[-1]
+        f = (lambda v: str(int(v))) if self.kind is int else (lambda v: f"{v:g}")  # noqa: E731
         if self.lo is not None and self.hi is not None:
-            return (f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}"
+            return (f"in {'(' if self.lo_open else '['}{f(self.lo)}, {f(self.hi)}"
                     f"{')' if self.hi_open else ']'}")
         if self.lo is not None:
-            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+            return f"{'>' if self.lo_open else '>='} {f(self.lo)}"
         if self.hi is not None:
-            return f"{'<' if self.hi_open else '<='} {self.hi:g}"
+            return f"{'<' if self.hi_open else '<='} {f(self.hi)}"
         return "any text" if self.kind is str else "any number"
 
     def _in_range(self, v: Any) -> bool:
@@ -133,7 +134,7 @@ def switch() -> Rule:
 
 
 TEXT = Rule(str)          # free text: a path, a prime, V,H,L (checked where used)
-SEED = count(0, 2**63 - 1)
+SEED = count(0, 2**32 - 1)      # NumPy's legacy seeds; default_rng takes them all
 
 
 class RuleType:
