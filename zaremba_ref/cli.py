@@ -1,4 +1,4 @@
-"""Command line: ``python -m zaremba_ref {train,evaluate,sample,trace,compare} ...``.
+"""Command line: ``python -m zaremba_ref {train,evaluate,sample,trace,compare,plot} ...``.
 
 Every expected failure (missing data, a bad checksum, a corrupt or mismatched
 checkpoint, a bad argument, no GPU, an unreadable trace) ends in one line on stderr
@@ -129,6 +129,22 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("b", metavar="B.npz")
     c.add_argument("--rtol", type=float, default=1e-7, help="(default: 1e-7)")
     c.add_argument("--atol", type=float, default=1e-9, help="(default: 1e-9)")
+
+    pl = sub.add_parser(
+        "plot", help="learning curves of runs (needs matplotlib)",
+        description="Train (dashed) and valid (solid) perplexity per epoch, one colour per "
+                    "run, log scale; the learning rate in a panel below; the paper's final "
+                    "valid (o) and test (x) perplexity where a run follows a preset, and "
+                    "the run's own test perplexity (*). Needs matplotlib "
+                    "(pip install -e \".[plot]\").")
+    pl.add_argument("runs", nargs="+", metavar="RUN_DIR_OR_METRICS",
+                    help="run directories or their metrics.jsonl files")
+    pl.add_argument("--out", required=True, metavar="FILE.png",
+                    help="picture to write (format from the suffix: .png, .svg, .pdf)")
+    pl.add_argument("--label", action="append", metavar="NAME", dest="labels",
+                    help="a name for each run, in order, once per run (default: the "
+                         "directory or file name)")
+    pl.add_argument("--title", help="a title above the curves")
     return parser
 
 
@@ -168,7 +184,7 @@ def _load_model(path: str, device: str):
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .train import evaluate
+    from .train import evaluation_nll, torch7_perplexity
     corpus = load_ptb(args.data_dir, verify=not args.no_verify_data)
     splits = ("valid", "test") if args.split == "both" else (args.split,)
     if args.ensemble:
@@ -179,9 +195,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         result = {"run": run}
         for split in splits:
             B = config.batch_size if split == "valid" else config.test_batch_size
-            result[f"{split}_ppl"] = evaluate(params, getattr(corpus, split), B,
-                                              config.num_steps, backend,
-                                              progress_prefix=f"{split} ", out=sys.stderr)
+            full, tail, count = evaluation_nll(params, getattr(corpus, split), B,
+                                               config.num_steps, backend,
+                                               progress_prefix=f"{split} ", out=sys.stderr)
+            result[f"{split}_ppl"] = math.exp((full + tail) / count)
+            if split == "valid":     # as the paper's Torch code prints it (README Conventions)
+                result["valid_ppl_torch7_formula"] = torch7_perplexity(full, count)
         print(json.dumps(result), flush=True)
     return 0
 
@@ -270,6 +289,13 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .plot import save_plot
+    save_plot(args.runs, args.out, args.labels, args.title)
+    print(json.dumps({"out": args.out, "runs": args.runs}))
+    return 0
+
+
 def run_cli(fn: Callable[[], int]) -> int:
     """Run ``fn()`` (a command, or an example's main) and turn every expected failure
     into one line on stderr and its exit code: 2, or 1 for a diverged training run."""
@@ -288,7 +314,7 @@ def run_cli(fn: Callable[[], int]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = {"train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample,
-               "trace": _cmd_trace, "compare": _cmd_compare}
+               "trace": _cmd_trace, "compare": _cmd_compare, "plot": _cmd_plot}
     return run_cli(lambda: command[args.command](args))
 
 
