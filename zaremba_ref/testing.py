@@ -516,12 +516,12 @@ def _recurrent_dropout(kind: str) -> Hypothesis:
             final = [(h * m[l][:, -1], c) for l, (h, c) in enumerate(final, start=1)]
         return _theirs(case, loss, grads, final)
     text = {"input": "each layer's input mask (D on h^{l-1}_t) is applied to h^l_{t-1} on "
-                     "its way into W_h too: dropout on the recurrent connection",
+                     "its way into W_h too",
             "output": "each layer's output mask is applied to h^l_t inside the time loop, so "
-                      "h^l_{t-1} enters W_h dropped: dropout on the recurrent connection",
+                      "h^l_{t-1} enters W_h dropped",
             "output_final": "each layer's output mask is applied to h^l_t inside the time "
                             "loop, so h^l_{t-1} enters W_h dropped (and the final h is the "
-                            "dropped one): dropout on the recurrent connection"}[kind]
+                            "dropped one)"}[kind]
     return Hypothesis("recurrent_dropout", text, expect)
 
 
@@ -691,17 +691,19 @@ def diagnose(step: Callable, case: Case, theirs: Outputs, seed: int = 0
         notes.append(f"on the probe case ({probe.describe()}) the step matches: the "
                      f"mistake shows only in some shapes")
         return found, notes
-    for how, what in (("ones", "with every mask all ones (no dropout)"),
-                      ("zero", "from a zero state"), ("one", "over one step (T = 1)")):
+    probes = []
+    for how, what in (("ones", "all masks ones"), ("zero", "zero state"), ("one", "T = 1")):
         if how == "ones" and probe.mask_arrays is None:
             continue
         p = _probe(step, probe, how)
         try:
             agrees = _agrees(p, run_step(step, p), reference(p))
         except KitError as e:
-            notes.append(f"{what}: the step raises ({e})")
+            probes.append(f"{what} -> the step raises ({e})")
             continue
-        notes.append(f"{what}: {'matches' if agrees else 'still differs'}")
+        probes.append(f"{what} -> {'matches' if agrees else 'differs'}")
+    notes.append(f"your step on {probe.describe()}, changed one way at a time: "
+                 + "; ".join(probes))
     return found, notes
 
 
@@ -802,7 +804,7 @@ def _mismatch_text(r: Report) -> str:
                      "; ".join(MISTAKES.values()) + "): the reference with any one of them "
                      "made still differs from your step.")
     lines.append(f"Where: {_where(r.rows, case.L)}.")
-    lines += [f"Probe: {p}." for p in r.probes]
+    lines += [f"Probes: {p}." for p in r.probes]
     lines.append(f"Failing case (after {r.cases_run} drawn, shrunk to the smallest): "
                  f"{case.describe()}")
     lines.append(f"  replay: step(*{case.replay()}.args())")
