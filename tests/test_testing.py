@@ -390,3 +390,29 @@ def test_the_example_without_torch_says_so_in_one_line():
                          env=os.environ | {"PYTHONPATH": str(REPO)}, cwd=REPO)
     assert out.returncode == 1 and out.stdout == ""
     assert out.stderr == "check_my_lstm.py needs PyTorch for its autograd: pip install torch\n"
+
+
+def test_the_readme_shows_the_kits_real_report(tmp_path, capsys):
+    """The README's report is what check-impl prints for the example with its gates read
+    in the paper's order (the table's numbers to 3 digits, below 1e-15 as noise)."""
+    pytest.importorskip("torch", reason="the example is written in PyTorch ops")
+    import re
+    section = (REPO / "README.md").read_text().split("## Check your own implementation")[1]
+    shown = re.search(r"the kit prints \(exit code 1\):\n\n```\n(.*?)\n```", section,
+                      re.S).group(1).splitlines()
+    source = (REPO / "examples" / "check_my_lstm.py").read_text()
+    assert source.count("i, f, g, o = z.chunk(4, dim=1)") == 1
+    mine = write(tmp_path, source.replace("i, f, g, o = z.chunk(4, dim=1)",
+                                          "i, f, o, g = z.chunk(4, dim=1)"))
+    assert main(["check-impl", f"{mine}:step"]) == 1
+    printed = capsys.readouterr().out.rstrip("\n").splitlines()
+    assert len(printed) == len(shown)
+    for a, b in zip(printed, shown):
+        if not re.match(r"  grad |  loss |  final ", a):
+            assert a == b
+            continue
+        *words_a, x_a, r_a, ok_a = a.split()
+        *words_b, x_b, r_b, ok_b = b.split()
+        assert (words_a, ok_a) == (words_b, ok_b)
+        for u, v in ((float(x_a), float(x_b)), (float(r_a), float(r_b))):
+            assert u == pytest.approx(v, rel=1e-2, abs=1e-15)
