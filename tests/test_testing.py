@@ -10,6 +10,7 @@ code: gate rows i, g, f, o).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -256,7 +257,7 @@ def test_two_mistakes_at_once_are_not_named_but_located():
         return 2 * loss, grads, final                         # and the loss doubled
     report = check_implementation(step, layout="torch7", examples=EXAMPLES)
     assert not report.ok and report.mistake is None
-    assert "Diagnosis: not one of the known mistakes" in report.text
+    assert "Diagnosis: none of the 9 known mistakes" in report.text
     assert "Where: the forward pass departs first at loss" in report.text
 
 
@@ -327,7 +328,7 @@ def test_importing_the_kit_needs_numpy_only():
     assert out.stdout.strip() == "drawing cases needs Hypothesis: pip install hypothesis"
 
 
-# -- the command line and the example ----------------------------------------------------------------
+# -- the command line and the example ---------------------------------------------------------
 
 def write(tmp_path, text, name="mine.py"):
     path = tmp_path / name
@@ -365,7 +366,6 @@ def test_check_impl_exit_codes(tmp_path, capsys):
         assert main(["check-impl", target, "--layout", "torch7"]) == 2, target
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("error: "), err
-        import re
         assert re.search(message if "SyntaxError" in message else re.escape(message), err), err
 
 
@@ -396,7 +396,6 @@ def test_the_readme_shows_the_kits_real_report(tmp_path, capsys):
     """The README's report is what check-impl prints for the example with its gates read
     in the paper's order (the table's numbers to 3 digits, below 1e-15 as noise)."""
     pytest.importorskip("torch", reason="the example is written in PyTorch ops")
-    import re
     section = (REPO / "README.md").read_text().split("## Check your own implementation")[1]
     shown = re.search(r"the kit prints \(exit code 1\):\n\n```\n(.*?)\n```", section,
                       re.S).group(1).splitlines()

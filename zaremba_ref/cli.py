@@ -20,7 +20,7 @@ from .backend import BackendUnavailable, get_backend
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import HELP, PRESETS, Config
 from .data import DataError, load_ptb
-from .testing import cli_check_impl
+from .testing import LAYOUTS, MODES, cli_check_impl
 
 EXIT_SIGNAL = {2: 130, 15: 143}   # SIGINT, SIGTERM -> the shell's usual exit codes
 
@@ -140,10 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "matches, 1 with the report if not, 2 with one line for a bad FILE or "
                     "FUNCTION or a step that raises or returns the wrong keys or shapes.")
     k.add_argument("target", metavar="FILE.py:FUNCTION")
-    k.add_argument("--layout", choices=("torch", "torch7", "zaremba_ref"), default="torch",
+    k.add_argument("--layout", choices=list(LAYOUTS), default="torch",
                    help="the weights' keys and gate order (default: torch)")
-    k.add_argument("--mode", choices=("zaremba", "none"), default="zaremba",
-                   help="zaremba: the paper's L+1 masks in about half the cases; none: "
+    k.add_argument("--mode", choices=list(MODES), default="zaremba",
+                   help="zaremba: the paper's L+1 masks in part of the cases; none: "
                         "masks is always None (default: zaremba)")
     k.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     k.add_argument("--examples", type=int, default=50, metavar="N",

@@ -43,7 +43,7 @@ import random
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -51,8 +51,8 @@ import numpy as np
 
 from .dropout import draw_masks
 from .model import init_params, loss_and_grads, num_layers_of, param_names
-from .oracle import (OURS_TO_TORCH, OURS_TO_TORCH7, TORCH, TORCH7, _key_pairs, params_from_torch,
-                     params_from_torch7, params_to_torch, params_to_torch7)
+from .oracle import (OURS_TO_TORCH, OURS_TO_TORCH7, TORCH, TORCH7, _key_pairs, params_to_torch,
+                     params_to_torch7)
 
 OUR_GATES = "ifog"                       # the paper's order, ours: rows of W_x, W_h, b_x, b_h
 ORDER_NAMES = {"ifog": "the paper's and zaremba_ref's", "ifgo": "PyTorch's",
@@ -83,7 +83,6 @@ class Layout:
 
     name: str
     to: Callable[[dict], dict]       # our params (or grads) -> the layout's dict
-    back: Callable[[dict], dict]     # the layout's dict -> ours
     gates: str                       # the gate of each H-row block of the 4H-row tensors
     keys: tuple | None               # oracle's key table (None: our own keys)
 
@@ -102,31 +101,32 @@ class Layout:
 
 
 LAYOUTS = {
-    "torch": Layout("torch", params_to_torch, params_from_torch,
+    "torch": Layout("torch", params_to_torch,
                     "".join(OUR_GATES[j] for j in OURS_TO_TORCH), TORCH),
-    "torch7": Layout("torch7", params_to_torch7, params_from_torch7,
+    "torch7": Layout("torch7", params_to_torch7,
                      "".join(OUR_GATES[j] for j in OURS_TO_TORCH7), TORCH7),
-    "zaremba_ref": Layout("zaremba_ref", _ours, _ours, OUR_GATES, None),
+    "zaremba_ref": Layout("zaremba_ref", _ours, OUR_GATES, None),
 }
 
 
 @dataclass(frozen=True)
 class Mode:
-    """What the step receives as ``masks``, and how the reference runs. A new dropout
-    mode is one more entry in ``MODES``: its masks and the reference's mode."""
+    """What the step receives as ``masks``, and how the reference runs. Another mode is
+    one more entry in ``MODES``: the reference's mode, whether cases carry masks and
+    how they are drawn (``draw``), and which mask mistakes apply to it."""
 
     name: str
     model_mode: str                  # the ``mode`` of model.loss_and_grads
-    has_masks: bool
-    about: str
+    has_masks: bool                  # False: masks is always None
+    mask_mistakes: bool = False      # the hypotheses about the paper's L+1 masks apply
 
     def draw(self, rng: np.random.Generator, L: int, B: int, T: int, H: int) -> list:
+        """The masks of one case (p = 0.5, float64)."""
         return draw_masks(rng, 0.5, self.model_mode, L, B, T, H, np.float64)
 
 
-MODES = {"zaremba": Mode("zaremba", "zaremba", True,
-                         "the L+1 masks of the paper's placement (vertical connections)"),
-         "none": Mode("none", "none", False, "no dropout: masks is None")}
+MODES = {"zaremba": Mode("zaremba", "zaremba", True, mask_mistakes=True),  # the paper's L+1
+         "none": Mode("none", "none", False)}                              # masks is None
 
 
 def _mode(mode: str | None) -> Mode:
@@ -134,6 +134,14 @@ def _mode(mode: str | None) -> Mode:
     if key not in MODES:
         raise KitError(f"mode must be one of {sorted(MODES)} or None, got {mode!r}")
     return MODES[key]
+
+
+def _check_args(mode: str | None, layout: str, dtype: str) -> Mode:
+    if layout not in LAYOUTS:
+        raise KitError(f"layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
+    if dtype not in TOLERANCE:
+        raise KitError(f"dtype must be one of {sorted(TOLERANCE)}, got {dtype!r}")
+    return _mode(mode)
 
 
 # -- cases -----------------------------------------------------------------------------------
@@ -188,11 +196,7 @@ def make_case(V: int, H: int, L: int, B: int, T: int, *, masks: bool = True,
     ``numpy.random.default_rng([seed, 1])`` the inputs and targets, the state (uniform
     (-0.5, 0.5), if ``carried``, else zeros) and the masks (p = 0.5, if ``masks``). Every
     number is rounded to ``dtype`` first, so the reference sees what the step sees."""
-    m = _mode(mode)
-    if layout not in LAYOUTS:
-        raise KitError(f"layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
-    if dtype not in TOLERANCE:
-        raise KitError(f"dtype must be one of {sorted(TOLERANCE)}, got {dtype!r}")
+    m = _check_args(mode, layout, dtype)
     dt = np.dtype(dtype)
     r = lambda a: np.asarray(a, dtype=dt).astype(np.float64)  # noqa: E731  (values of dtype)
     rng = np.random.default_rng([seed, 1])
@@ -232,13 +236,19 @@ class Outputs:
     final: list                     # [(h_T, c_T)] * L
 
 
-def _host(a: Any) -> np.ndarray:
-    """NumPy, torch (detached), CuPy or JAX arrays as float64 NumPy."""
-    if hasattr(a, "detach"):
-        a = a.detach().cpu().numpy()
-    elif hasattr(a, "get") and not isinstance(a, dict):
-        a = a.get()
-    return np.asarray(a, dtype=np.float64)
+def _array(value: Any, what: str, where: str) -> np.ndarray:
+    """A NumPy, torch (detached), CuPy or JAX array (or a number) as float64 NumPy."""
+    try:
+        if value is None:
+            raise TypeError("it is None")
+        if hasattr(value, "detach"):
+            value = value.detach().cpu().numpy()
+        elif hasattr(value, "get") and not isinstance(value, dict):
+            value = value.get()
+        return np.asarray(value, dtype=np.float64)
+    except Exception as e:
+        raise KitError(f"the step's {what} is not an array of numbers: {type(value).__name__}, "
+                       f"{_one_line(e)} ({where})") from None
 
 
 def run_step(step: Callable, case: Case) -> Outputs:
@@ -251,65 +261,52 @@ def run_step(step: Callable, case: Case) -> Outputs:
     except Exception as e:
         raise KitError(f"the step raised {type(e).__name__}: {_one_line(e)} ({where})") from e
     if not isinstance(out, (tuple, list)) or len(out) != 3:
+        n = f" of {len(out)}" if isinstance(out, (tuple, list)) else ""
         raise KitError(f"the step must return (loss, grads, final_state), it returned "
-                       f"{type(out).__name__}{'' if not hasattr(out, '__len__') else ' of ' + str(len(out))}"
-                       f" ({where})")
+                       f"{type(out).__name__}{n} ({where})")
     loss, grads, final = out
-    try:
-        loss_a = _host(loss)
-    except Exception as e:
-        raise KitError(f"the step's loss must be a number, got {type(loss).__name__} "
-                       f"({_one_line(e)})") from None
-    if loss_a.size != 1:
+    loss = _array(loss, "loss", where)
+    if loss.size != 1:
         raise KitError(f"the step's loss must be a scalar (the mean NLL per token), got shape "
-                       f"{loss_a.shape} ({where})")
+                       f"{loss.shape} ({where})")
     if not isinstance(grads, dict):
         raise KitError(f"the step's grads must be a dict keyed like weights, got "
                        f"{type(grads).__name__} ({where})")
-    missing = [k for k in weights if k not in grads]
-    extra = [k for k in grads if k not in weights]
+    missing, extra = [k for k in weights if k not in grads], [k for k in grads if k not in weights]
     if missing or extra:
         raise KitError(f"the step's grads must have the keys of weights: missing {missing}, "
                        f"unexpected {extra} ({where})")
-    host = {}
+    host = {k: _array(grads[k], f"grads[{k!r}]", where) for k in weights}
     for k, w in weights.items():
-        try:
-            host[k] = _host(grads[k])
-        except Exception as e:
-            raise KitError(f"the step's grads[{k!r}] is not an array: "
-                           f"{type(grads[k]).__name__} ({_one_line(e)})") from None
         if host[k].shape != w.shape:
             raise KitError(f"the step's grads[{k!r}] has shape {host[k].shape}, expected "
                            f"{w.shape} like weights[{k!r}] ({where})")
-    L, BH = case.L, (case.B, case.H)
-    layout = (f"final_state must be a list of L={L} (h, c) pairs, one per layer, each "
-              f"(B, H) = {BH}")
-    if not isinstance(final, (tuple, list)) or len(final) != L:
-        n = len(final) if hasattr(final, "__len__") else "no"
-        raise KitError(f"the step's {layout}; it returned {type(final).__name__} with {n} "
-                       f"entries ({where})")
+    rule = (f"final_state must be a list of L={case.L} (h, c) pairs, one per layer, each "
+            f"(B, H) = {(case.B, case.H)}")
+    if not isinstance(final, (tuple, list)) or len(final) != case.L:
+        n = f"{len(final)} entries" if isinstance(final, (tuple, list)) else "no list"
+        raise KitError(f"the step's {rule}; it returned {type(final).__name__}, {n} ({where})")
     pairs = []
     for l, pair in enumerate(final):
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-            raise KitError(f"the step's {layout}; final_state[{l}] is "
-                           f"{type(pair).__name__}, not an (h, c) pair ({where})")
-        try:
-            h, c = _host(pair[0]), _host(pair[1])
-        except Exception as e:
-            raise KitError(f"the step's final_state[{l}] holds no arrays ({_one_line(e)})") \
-                from None
-        for which, a in zip("hc", (h, c)):
-            if a.shape != BH:
-                raise KitError(f"the step's {layout}; final_state[{l}] {which} has shape "
+            raise KitError(f"the step's {rule}; final_state[{l}] is {type(pair).__name__}, "
+                           f"not an (h, c) pair ({where})")
+        pairs.append(tuple(_array(a, f"final_state[{l}][{j}]", where)
+                           for j, a in enumerate(pair)))
+        for which, a in zip("hc", pairs[-1]):
+            if a.shape != (case.B, case.H):
+                raise KitError(f"the step's {rule}; final_state[{l}] {which} has shape "
                                f"{a.shape} ({where})")
-        pairs.append((h, c))
-    return Outputs(float(loss_a.reshape(())), host, pairs)
+    return Outputs(float(loss.reshape(())), host, pairs)
 
 
-def _reference(case: Case, params: dict | None = None, masks: Any = "case",
+_AS_CASE = object()     # "the case's own masks" (None means no masks)
+
+
+def _reference(case: Case, params: dict | None = None, masks: Any = _AS_CASE,
                mode: str | None = None, state: list | None = None):
     """loss_and_grads on the case (float64, our layout), with any argument replaced."""
-    masks = case.mask_arrays if isinstance(masks, str) else masks
+    masks = case.mask_arrays if masks is _AS_CASE else masks
     mode = mode or MODES[case.mode].model_mode
     loss, grads, final = loss_and_grads(case.params if params is None else params,
                                         case.inputs, case.targets,
@@ -615,7 +612,7 @@ def hypotheses(layout: str, mode: str | None, num_layers: int) -> list[Hypothesi
         hs += [_transposed(which, layer, lay) for layer in [None, *range(1, L + 1)]]
     for which in ("b_x", "b_h"):
         hs += [_bias_without_gradient(which, layer, lay) for layer in [None, *range(1, L + 1)]]
-    if m.has_masks:
+    if m.mask_mistakes:
         hs += [_recurrent_dropout(kind) for kind in ("input", "output", "output_final")]
         hs += [_missing_mask(None)] + [_missing_mask(k) for k in range(L)]
     hs += [_state_swapped()]
@@ -639,6 +636,7 @@ class Report:
     mistakes: list[str] = field(default_factory=list)     # keys of MISTAKES, tested
     findings: list[str] = field(default_factory=list)     # what is wrong and where
     probes: list[str] = field(default_factory=list)
+    probe_tested: bool = False        # the mistakes were tested on the probe case too
     text: str = ""
 
     @property
@@ -650,28 +648,23 @@ class Report:
         return self.text
 
 
-def _probe(step: Callable, case: Case, how: str) -> Case:
-    """The case changed the way ``how`` says: ones masks, zero state, or one step."""
+def _probe(case: Case, how: str) -> Case:
+    """The case changed one way: all masks ones, a zero state, or its first step alone."""
     if how == "ones":
-        return _replace(case, mask_arrays=[np.ones_like(m) for m in case.mask_arrays])
+        return replace(case, mask_arrays=[np.ones_like(m) for m in case.mask_arrays])
     if how == "zero":
-        return _replace(case, state=[(np.zeros_like(h), np.zeros_like(c)) for h, c in case.state],
-                        carried=False)
+        return replace(case, carried=False,
+                       state=[(np.zeros_like(h), np.zeros_like(c)) for h, c in case.state])
     masks = None if case.mask_arrays is None else [m[:, :1] for m in case.mask_arrays]
-    return _replace(case, inputs=case.inputs[:, :1], targets=case.targets[:, :1], T=1,
-                    mask_arrays=masks)
-
-
-def _replace(case: Case, **changes) -> Case:
-    fields_ = {k: getattr(case, k) for k in case.__dataclass_fields__}
-    return Case(**(fields_ | changes))
+    return replace(case, inputs=case.inputs[:, :1], targets=case.targets[:, :1], T=1,
+                   mask_arrays=masks)
 
 
 def diagnose(step: Callable, case: Case, theirs: Outputs, seed: int = 0
-             ) -> tuple[list[Hypothesis], list[str]]:
+             ) -> tuple[list[Hypothesis], list[str], bool]:
     """The hypotheses (known mistakes) that explain the step on ``case`` and on a probe
-    case of other shapes, and the probes' findings (matches with all-ones masks, from a
-    zero state, over one step)."""
+    case of other shapes; the probes' findings (does the step match with all-ones masks,
+    from a zero state, over one step?); whether the step ran on the probe case."""
     probe = make_case(**PROBE_SHAPES, masks=MODES[case.mode].has_masks, carried=True,
                       seed=10_007 + seed, mode=case.mode, layout=case.layout, dtype=case.dtype)
     try:
@@ -686,16 +679,16 @@ def diagnose(step: Callable, case: Case, theirs: Outputs, seed: int = 0
     notes = []
     if theirs_probe is None:
         notes.append(f"the step raises on the probe case {probe.describe()}")
-        return found, notes
+        return found, notes, False
     if all(r.ok for r in compare(probe, theirs_probe, reference(probe))):
         notes.append(f"on the probe case ({probe.describe()}) the step matches: the "
                      f"mistake shows only in some shapes")
-        return found, notes
+        return found, notes, True
     probes = []
     for how, what in (("ones", "all masks ones"), ("zero", "zero state"), ("one", "T = 1")):
         if how == "ones" and probe.mask_arrays is None:
             continue
-        p = _probe(step, probe, how)
+        p = _probe(probe, how)
         try:
             agrees = _agrees(p, run_step(step, p), reference(p))
         except KitError as e:
@@ -704,7 +697,7 @@ def diagnose(step: Callable, case: Case, theirs: Outputs, seed: int = 0
         probes.append(f"{what} -> {'matches' if agrees else 'differs'}")
     notes.append(f"your step on {probe.describe()}, changed one way at a time: "
                  + "; ".join(probes))
-    return found, notes
+    return found, notes, True
 
 
 def _where(rows: list[Row], L: int) -> str:
@@ -737,11 +730,10 @@ def check_implementation(step: Callable, *, layout: str = "torch", dtype: str = 
 
     layout: ``torch``, ``torch7`` or ``zaremba_ref`` (``LAYOUTS``); dtype: ``float64``
     or ``float32`` (what the step receives; tolerances per ``TOLERANCE``); mode:
-    ``zaremba`` (the paper's L+1 masks, in about half the cases) or None (no dropout).
+    ``zaremba`` (the paper's L+1 masks, in part of the cases) or None (no dropout).
     Raises KitError when the step raises or returns the wrong keys or shapes.
     """
-    m = _mode(mode)
-    make_case(2, 1, 1, 1, 1, mode=m.name, layout=layout, dtype=dtype)    # checks the args
+    m = _check_args(mode, layout, dtype)
     if examples < 1:
         raise KitError(f"examples must be >= 1, got {examples}")
     try:
@@ -769,16 +761,17 @@ def check_implementation(step: Callable, *, layout: str = "torch", dtype: str = 
         return _ok_report(seen, worst, layout, dtype, m.name)
     theirs = run_step(step, case)
     rows = compare(case, theirs, reference(case))
-    found, notes = diagnose(step, case, theirs, seed)
+    found, notes, probe_tested = diagnose(step, case, theirs, seed)
     report = Report(False, layout, dtype, m.name, len(seen), case, rows,
                     next(r.name for r in rows if not r.ok), [h.key for h in found],
-                    [h.text for h in found], notes)
+                    [h.text for h in found], notes, probe_tested)
     report.text = _mismatch_text(report)
     return report
 
 
 def _ok_report(seen: list[Case], worst: list[Row], layout: str, dtype: str, mode: str) -> Report:
-    span = lambda a: f"{min(getattr(c, a) for c in seen)}-{max(getattr(c, a) for c in seen)}"  # noqa: E731
+    def span(a):
+        return f"{min(getattr(c, a) for c in seen)}-{max(getattr(c, a) for c in seen)}"
     n_masks = sum(c.masks for c in seen)
     n_carried = sum(c.carried for c in seen)
     top = max(worst, key=lambda r: r.max_rel)
@@ -796,13 +789,15 @@ def _mismatch_text(r: Report) -> str:
     if r.findings:
         first, *more = r.findings
         lines.append(f"Diagnosis: {MISTAKES[r.mistakes[0]]}: {first}.")
-        lines += [f"  also consistent: {MISTAKES[k]}: {t}." for k, t in zip(r.mistakes[1:], more)]
+        lines += [f"  also consistent: {MISTAKES[k]}: {t}."
+                  for k, t in zip(r.mistakes[1:], more)]
         lines.append("  (tested: the reference run with this mistake made matches your step on "
-                     "every quantity, on the failing case and on a probe case)")
+                     "every quantity, on the failing case" +
+                     (" and on a probe case)" if r.probe_tested else ")"))
     else:
-        lines.append("Diagnosis: not one of the known mistakes (" +
-                     "; ".join(MISTAKES.values()) + "): the reference with any one of them "
-                     "made still differs from your step.")
+        lines.append(f"Diagnosis: none of the {len(MISTAKES)} known mistakes "
+                     "(zaremba_ref.testing.MISTAKES), each made in the reference in turn, "
+                     "matches your step.")
     lines.append(f"Where: {_where(r.rows, case.L)}.")
     lines += [f"Probes: {p}." for p in r.probes]
     lines.append(f"Failing case (after {r.cases_run} drawn, shrunk to the smallest): "
@@ -821,7 +816,7 @@ def assert_implementation_matches(step: Callable, **kwargs: Any) -> Report:
     return report
 
 
-# -- the command line: python -m zaremba_ref check-impl FILE.py:FUNCTION ----------------------------
+# -- the command line: python -m zaremba_ref check-impl FILE.py:FUNCTION -----------------------
 
 def load_step(spec: str) -> Callable:
     """The function FUNCTION of the Python file FILE, from ``FILE:FUNCTION``. Raises
