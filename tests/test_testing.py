@@ -406,9 +406,10 @@ def test_the_readme_shows_the_kits_real_report(tmp_path, capsys):
     assert main(["check-impl", f"{mine}:step"]) == 1
     printed = capsys.readouterr().out.rstrip("\n").splitlines()
     assert len(printed) == len(shown)
-    for a, b in zip(printed, shown):
+    drawn = lambda line: re.sub(r"after \d+ drawn", "after N drawn", line)  # noqa: E731
+    for a, b in zip(printed, shown):                  # (N: Hypothesis's count, its version's)
         if not re.match(r"  grad |  loss |  final ", a):
-            assert a == b
+            assert drawn(a) == drawn(b)
             continue
         *words_a, x_a, r_a, ok_a = a.split()
         *words_b, x_b, r_b, ok_b = b.split()
