@@ -20,7 +20,7 @@ from .backend import BackendUnavailable, get_backend
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import HELP, PRESETS, Config
 from .data import DataError, load_ptb
-from .testing import LAYOUTS, MODES, cli_check_impl
+from .testing import LAYOUTS, MODES, TOLERANCE, cli_check_impl
 
 EXIT_SIGNAL = {2: 130, 15: 143}   # SIGINT, SIGTERM -> the shell's usual exit codes
 
@@ -145,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--mode", choices=list(MODES), default="zaremba",
                    help="zaremba: the paper's L+1 masks in part of the cases; none: "
                         "masks is always None (default: zaremba)")
-    k.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    k.add_argument("--dtype", choices=list(TOLERANCE), default="float64",
+                   help="what the step receives (default: float64)")
     k.add_argument("--examples", type=int, default=50, metavar="N",
                    help="cases to draw (default: 50)")
     k.add_argument("--seed", type=int, default=0, help="(default: 0)")
