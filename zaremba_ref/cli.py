@@ -1,4 +1,5 @@
-"""Command line: ``python -m zaremba_ref {train,evaluate,sample,trace,compare,plot} ...``.
+"""Command line: ``python -m zaremba_ref COMMAND ...``, COMMAND one of train, evaluate,
+sample, trace, compare, check-impl, plot.
 
 Every expected failure (missing data, a bad checksum, a corrupt or mismatched
 checkpoint, a bad argument, no GPU, an unreadable trace) ends in one line on stderr
@@ -20,6 +21,7 @@ from .backend import BackendUnavailable, get_backend
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import HELP, PRESETS, Config
 from .data import DataError, load_ptb
+from .testing import LAYOUTS, MODES, TOLERANCE, cli_check_impl
 
 EXIT_SIGNAL = {2: 130, 15: 143}   # SIGINT, SIGTERM -> the shell's usual exit codes
 
@@ -129,6 +131,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("b", metavar="B.npz")
     c.add_argument("--rtol", type=float, default=1e-7, help="(default: 1e-7)")
     c.add_argument("--atol", type=float, default=1e-9, help="(default: 1e-9)")
+
+    k = sub.add_parser(
+        "check-impl", help="check your own LSTM language model against the reference",
+        description="Draw cases (Hypothesis) and compare the loss, final state and every "
+                    "gradient of FILE.py's FUNCTION(weights, inputs, targets, state, masks) "
+                    "-> (loss, grads, final_state) with the reference; on a mismatch, name "
+                    "the mistake where it can (see zaremba_ref.testing). Exit code 0 if it "
+                    "matches, 1 with the report if not, 2 with one line for a bad FILE or "
+                    "FUNCTION or a step that raises or returns the wrong keys or shapes.")
+    k.add_argument("target", metavar="FILE.py:FUNCTION")
+    k.add_argument("--layout", choices=list(LAYOUTS), default="torch",
+                   help="the weights' keys and gate order (default: torch)")
+    k.add_argument("--mode", choices=list(MODES), default="zaremba",
+                   help="zaremba: the paper's L+1 masks in part of the cases; none: "
+                        "masks is always None (default: zaremba)")
+    k.add_argument("--dtype", choices=list(TOLERANCE), default="float64",
+                   help="what the step receives (default: float64)")
+    k.add_argument("--examples", type=int, default=50, metavar="N",
+                   help="cases to draw (default: 50)")
+    k.add_argument("--seed", type=int, default=0, help="(default: 0)")
 
     pl = sub.add_parser(
         "plot", help="learning curves of runs (needs matplotlib)",
@@ -314,7 +336,8 @@ def run_cli(fn: Callable[[], int]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = {"train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample,
-               "trace": _cmd_trace, "compare": _cmd_compare, "plot": _cmd_plot}
+               "trace": _cmd_trace, "compare": _cmd_compare, "check-impl": cli_check_impl,
+               "plot": _cmd_plot}
     return run_cli(lambda: command[args.command](args))
 
 
