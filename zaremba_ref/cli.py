@@ -1,4 +1,4 @@
-"""Command line: ``python -m zaremba_ref {train,evaluate,sample,trace,compare} ...``.
+"""Command line: ``python -m zaremba_ref {train,evaluate,sample,trace,compare,ensemble,sweep}``.
 
 Every expected failure (missing data, a bad checksum, a corrupt or mismatched
 checkpoint, a bad argument, no GPU, an unreadable trace) ends in one line on stderr
@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("b", metavar="B.npz")
     c.add_argument("--rtol", type=float, default=1e-7, help="(default: 1e-7)")
     c.add_argument("--atol", type=float, default=1e-9, help="(default: 1e-9)")
+
+    from .launch import add_launch_parsers   # ensemble train, sweep: zaremba_ref/launch.py
+    add_launch_parsers(sub, _add_data_args)
     return parser
 
 
@@ -287,8 +290,10 @@ def run_cli(fn: Callable[[], int]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .launch import cmd_ensemble, cmd_sweep
     command = {"train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample,
-               "trace": _cmd_trace, "compare": _cmd_compare}
+               "trace": _cmd_trace, "compare": _cmd_compare, "ensemble": cmd_ensemble,
+               "sweep": cmd_sweep}
     return run_cli(lambda: command[args.command](args))
 
 
