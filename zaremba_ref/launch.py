@@ -51,7 +51,7 @@ from .checkpoint import FILENAME
 from .config import HELP, PRESETS, Config
 
 ENGINES = ("local", "ray")
-RAY_INSTALL = 'pip install -e ".[ray]"  (or: pip install "ray[default]>=2.9")'
+RAY_INSTALL = 'pip install -e ".[ray]"  (or: pip install "ray>=2.9")'
 IDENTITY = ("config", "seed", "dtype", "train_fraction")   # what member.json pins
 
 
@@ -170,7 +170,7 @@ class Reporter:
         self.before = {m.name: len(_lines(Path(m.run_dir) / "attempts.jsonl"))
                        for m in members}
         self.failed: dict[str, str] = {}
-        self.last: dict[str, tuple] = {}
+        self.last: dict[str, str] = {}
         self.lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -205,10 +205,10 @@ class Reporter:
     def poll(self) -> None:
         with self.lock:
             for m in self.members:
-                s = self.state(m)
-                if self.last.get(m.name) != s:
-                    self.last[m.name] = s
-                    print(self.line(m, *s), file=self.out, flush=True)
+                line = self.line(m, *self.state(m))
+                if self.last.get(m.name) != line:
+                    self.last[m.name] = line
+                    print(line, file=self.out, flush=True)
 
     def fail(self, name: str, why: str) -> None:
         self.failed[name] = " ".join(why.split())[:300]
@@ -297,11 +297,17 @@ def _run_subprocesses(members: Sequence[Member], report: Reporter, parallel: int
     return "interrupted" if interrupted else None
 
 
-def import_ray() -> Any:
-    """The ray module, or a LaunchError with the install command."""
+def check_ray_installed() -> None:
+    """A LaunchError with the install command where ray is missing (without importing
+    it: ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when it is imported)."""
     import importlib.util
     if importlib.util.find_spec("ray") is None:
         raise LaunchError(f"--engine ray needs Ray, which is not installed: {RAY_INSTALL}")
+
+
+def import_ray() -> Any:
+    """The ray module, or a LaunchError with the install command."""
+    check_ray_installed()
     try:
         import ray
     except ImportError as e:
@@ -315,14 +321,21 @@ def ray_init(address: str | None = None, **kwargs: Any) -> Any:
     127.0.0.1 only (no dashboard). The workers import this copy of the package (sent
     to the cluster as a runtime_env py_module), so every node runs the driver's code.
     ``kwargs`` go to ``ray.init`` (e.g. ``num_cpus``). Returns the ray module."""
+    if not address:   # read when ray is imported: 0 keeps a one-machine Ray on loopback
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray = import_ray()
     runtime_env = {"py_modules": [str(Path(__file__).resolve().parent)]}
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, **kwargs)
-    else:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1",
-                 runtime_env=runtime_env, log_to_driver=False, **kwargs)
+        return ray
+    ray.init(include_dashboard=False, _node_ip_address="127.0.0.1",
+             runtime_env=runtime_env, log_to_driver=False, **kwargs)
+    ips = sorted({n["NodeManagerAddress"] for n in ray.nodes()})
+    if ips != ["127.0.0.1"]:
+        ray.shutdown()
+        raise LaunchError(f"the local Ray instance bound to {', '.join(ips)}, not 127.0.0.1: "
+                          "ray was imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was "
+                          "set; set it in the environment")
     return ray
 
 
@@ -663,7 +676,7 @@ def _base(args: argparse.Namespace) -> tuple[Config, dict]:
         raise LaunchError("--gpus-per-member is for --engine ray; locally use --device gpu "
                           "(and --parallel K for K devices)")
     if args.engine == "ray":
-        import_ray()                  # before anything starts: one line if it is missing
+        check_ray_installed()         # before anything starts: one line if it is missing
     if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
         raise LaunchError(f"--seeds lists a seed twice: {args.seeds}")
     device = "gpu" if args.gpus_per_member else args.device
