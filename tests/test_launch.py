@@ -204,6 +204,7 @@ def test_a_sweep_summary_of_one_seed_has_zero_spread(tmp_path):
     (["--set", "mode=naive", "--engine", "slurm"], "unknown engine 'slurm'"),
     (["--set", "mode=naive", "--train-fraction", "0"], "--train-fraction must be in (0, 1]"),
     (["--set", "mode=naive", "--gpus-per-member", "1"], "--gpus-per-member is for --engine ray"),
+    (["--set", "mode=naive", "--parallel", "0"], "--parallel must be >= 1, got 0"),
 ])
 def test_bad_sweeps_are_one_line_with_exit_code_2(toy_data, tmp_path, capsys, extra, message):
     code = main(["sweep", "--data-dir", str(toy_data), "--out", str(tmp_path / "s"), *TINY,

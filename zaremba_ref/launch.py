@@ -200,6 +200,8 @@ class Reporter:
                 text += f"  (resumed at step {starts[-1]['global_step']})"
         if state == "failed":
             text += f"  ({self.failed[m.name]})"
+        if state == "done" and epochs < max_epoch:
+            text += "  (stopped at --max-steps)"
         return text
 
     def poll(self) -> None:
@@ -533,6 +535,7 @@ def sweep_plot(summary: dict, path: Path) -> bool:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return False
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -540,6 +543,7 @@ def sweep_plot(summary: dict, path: Path) -> bool:
         epochs = range(1, len(s["valid_ppl_mean"]) + 1)
         ax.errorbar(list(epochs), s["valid_ppl_mean"], yerr=s["valid_ppl_std"], marker="o",
                     capsize=3, label=s["label"])
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation perplexity (mean ± std over seeds)")
     ax.legend()
@@ -607,12 +611,12 @@ def _add_common(p: argparse.ArgumentParser, add_data_args: Callable) -> None:
     p.add_argument("--cpus-per-member", type=float, default=1, metavar="C",
                    help="ray engine: num_cpus of each member's task (default: 1)")
     p.add_argument("--gpus-per-member", type=float, default=0, metavar="G",
-                   help="ray engine: num_gpus of each member's task; > 0 trains on the "
-                        "GPU (default: 0)")
+                   help="ray engine: num_gpus of each member's task, with --device gpu "
+                        "(default: 0 on the CPU, 1 with --device gpu)")
     p.add_argument("--max-retries", type=int, default=3, metavar="R",
                    help="ray engine: rerun a member whose worker died up to R times; the "
                         "rerun resumes from its checkpoint (default: 3)")
-    add_data_args(p)
+    add_data_args(p)   # --device: where members train and where the final evaluation runs
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--max-steps", type=int, metavar="N",
                    help="stop each member after N steps (smoke runs)")
@@ -675,12 +679,15 @@ def _base(args: argparse.Namespace) -> tuple[Config, dict]:
     if args.engine == "local" and args.gpus_per_member:
         raise LaunchError("--gpus-per-member is for --engine ray; locally use --device gpu "
                           "(and --parallel K for K devices)")
+    if args.gpus_per_member and args.device != "gpu":
+        raise LaunchError("--gpus-per-member needs --device gpu")
+    if args.engine == "ray" and args.device == "gpu" and not args.gpus_per_member:
+        args.gpus_per_member = 1      # Ray must reserve the device a member trains on
     if args.engine == "ray":
         check_ray_installed()         # before anything starts: one line if it is missing
     if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
         raise LaunchError(f"--seeds lists a seed twice: {args.seeds}")
-    device = "gpu" if args.gpus_per_member else args.device
-    shared = {"dtype": args.dtype, "device": device,
+    shared = {"dtype": args.dtype, "device": args.device,
               "data_dir": str(Path(args.data_dir).resolve()) if args.data_dir else None,
               "verify_data": not args.no_verify_data, "save_every": args.save_every,
               "max_steps": args.max_steps, "train_fraction": args.train_fraction}
