@@ -364,7 +364,12 @@ def _run_ray(members: Sequence[Member], report: Reporter, address: str | None,
         interrupted = False
         pending = list(refs)
         while pending:
-            ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+            try:
+                ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+            except KeyboardInterrupt:   # the members keep their last periodic checkpoints
+                for ref in pending:
+                    ray.cancel(ref, force=True)
+                return "interrupted"
             for ref in ready:
                 m = refs[ref]
                 try:
