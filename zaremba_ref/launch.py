@@ -341,16 +341,25 @@ def ray_init(address: str | None = None, **kwargs: Any) -> Any:
     return ray
 
 
+class MemberInterrupted(Exception):
+    """A member's process got SIGINT/SIGTERM and saved a checkpoint (a node being
+    drained or preempted): the Ray task fails with this so that Ray retries it."""
+
+
 def _ray_task(member: dict) -> dict:
     """A Ray task: train one member (resuming from its checkpoint after a retry)."""
-    return run_member(member)
+    summary = run_member(member)
+    if summary["status"] == "interrupted":
+        raise MemberInterrupted(f"{member['name']}: stopped by signal {summary['signal']}, "
+                                "checkpoint saved")
+    return summary
 
 
 def _run_ray(members: Sequence[Member], report: Reporter, address: str | None,
              cpus_per_member: float, gpus_per_member: float, max_retries: int) -> str | None:
     """Each member a Ray task with ``num_cpus``/``num_gpus`` and ``max_retries``: Ray
-    reruns a task whose worker or node died, and the rerun resumes from the member's
-    checkpoint. Uses the Ray instance this process already holds, else connects to
+    reruns a task whose worker or node died (or whose worker got SIGTERM and saved),
+    and the rerun resumes from the member's checkpoint. Uses the Ray instance this process already holds, else connects to
     ``address``, else starts one on this machine, on 127.0.0.1 only."""
     ray = import_ray()
     started = not ray.is_initialized()
@@ -359,7 +368,7 @@ def _run_ray(members: Sequence[Member], report: Reporter, address: str | None,
     try:
         task = ray.remote(_ray_task)
         refs = {task.options(num_cpus=cpus_per_member, num_gpus=gpus_per_member,
-                             max_retries=max_retries, retry_exceptions=False,
+                             max_retries=max_retries, retry_exceptions=[MemberInterrupted],
                              name=m.name).remote(m.to_dict()): m for m in members}
         interrupted = False
         pending = list(refs)
