@@ -20,7 +20,8 @@ from zaremba_ref.checkpoint import load_checkpoint
 from zaremba_ref.cli import main
 from zaremba_ref.data import load_ptb
 from zaremba_ref.ensemble import evaluate_ensemble
-from zaremba_ref.launch import LaunchError, parse_settings, sweep_summary, train_subset
+from zaremba_ref.launch import LaunchError, Member, train_subset
+from zaremba_ref.launch_commands import parse_settings, sweep_summary
 
 from conftest import REPO, write_toy_corpus
 
@@ -186,7 +187,6 @@ def test_settings_grid():
 
 
 def test_a_sweep_summary_of_one_seed_has_zero_spread(tmp_path):
-    from zaremba_ref.launch import Member
     run = tmp_path / "r"
     run.mkdir()
     (run / "metrics.jsonl").write_text(json.dumps({"valid_ppl": 5.0}) + "\n"
@@ -247,8 +247,9 @@ def test_a_member_directory_holding_another_run_is_refused(toy_data, tmp_path, c
 
 
 def test_the_package_and_the_local_engine_never_import_ray(toy_data, tmp_path):
+    args = ensemble_args(toy_data, tmp_path / "e", "--members", 1, "--max-steps", 2)
     code = ("import sys; from zaremba_ref.cli import main; "
-            f"rc = main({ensemble_args(toy_data, tmp_path / 'e', '--members', 1, '--max-steps', 2)!r}); "
+            f"rc = main({args!r}); "
             "assert rc == 0 and 'ray' not in sys.modules, rc; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)

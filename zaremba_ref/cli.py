@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--rtol", type=float, default=1e-7, help="(default: 1e-7)")
     c.add_argument("--atol", type=float, default=1e-9, help="(default: 1e-9)")
 
-    from .launch import add_launch_parsers   # ensemble train, sweep: zaremba_ref/launch.py
+    from .launch_commands import add_launch_parsers   # ensemble train, sweep
     add_launch_parsers(sub, _add_data_args)
     return parser
 
@@ -290,7 +290,7 @@ def run_cli(fn: Callable[[], int]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .launch import cmd_ensemble, cmd_sweep
+    from .launch_commands import cmd_ensemble, cmd_sweep
     command = {"train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample,
                "trace": _cmd_trace, "compare": _cmd_compare, "ensemble": cmd_ensemble,
                "sweep": cmd_sweep}
