@@ -236,6 +236,23 @@ def test_without_ray_the_ray_engine_is_one_line_with_the_install_command(
     assert not (tmp_path / "e").exists()
 
 
+def test_a_member_stopped_by_max_steps_goes_on_with_a_larger_budget(toy_data, tmp_path,
+                                                                    capsys):
+    out = tmp_path / "ens"
+    for max_steps, attempts in ((3, 1), (3, 1), (2, 1), (7, 2)):
+        assert main(ensemble_args(toy_data, out, "--members", "1", "--max-steps",
+                                  max_steps)) == 0
+        assert len(lines(out / "member-0/attempts.jsonl")) == attempts
+    assert load_checkpoint(out / "member-0")[2]["global_step"] == 7
+    assert "stopped at --max-steps" in capsys.readouterr().out
+    assert main(ensemble_args(toy_data, out, "--members", "1")) == 0     # to the end
+    assert json.loads((out / "member-0/done.json").read_text())["status"] == "done"
+    plain = tmp_path / "plain"
+    assert main(["train", "--data-dir", str(toy_data), "--out", str(plain), *TINY]) == 0
+    a, b = params(out / "member-0"), params(plain)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
 def test_a_member_directory_holding_another_run_is_refused(toy_data, tmp_path, capsys):
     out = tmp_path / "ens"
     assert main(ensemble_args(toy_data, out, "--members", "1", "--max-steps", "3")) == 0

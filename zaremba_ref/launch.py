@@ -107,6 +107,20 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def finished(m: Member) -> dict | None:
+    """The member's done.json if it has finished what is asked now, else None. A member
+    stopped by --max-steps counts as finished only for the same or a smaller
+    --max-steps: with a larger one, or none, it resumes."""
+    try:
+        done = json.loads((Path(m.run_dir) / "done.json").read_text())
+    except FileNotFoundError:
+        return None
+    if done["status"] == "done":
+        return done
+    asked, reached = m.max_steps, done.get("max_steps")
+    return done if asked is not None and reached is not None and asked <= reached else None
+
+
 def run_member(member: dict) -> dict:
     """Train one member to its end in this process and return the trainer's summary.
 
@@ -119,9 +133,9 @@ def run_member(member: dict) -> dict:
     from .train import train
     m = Member(**member)
     run_dir = Path(m.run_dir)
-    done = run_dir / "done.json"
-    if done.exists():
-        return json.loads(done.read_text())
+    done = finished(m)
+    if done:
+        return done
     run_dir.mkdir(parents=True, exist_ok=True)
     resume = (run_dir / FILENAME).exists()
     _append_json(run_dir / "attempts.jsonl", {
@@ -138,7 +152,7 @@ def run_member(member: dict) -> dict:
                         save_every=m.save_every, out=log)
     summary = {"name": m.name, "seed": m.seed, "setting": m.setting, **summary}
     if summary["status"] in ("done", "max_steps"):
-        write_json(done, summary)
+        write_json(run_dir / "done.json", dict(summary, max_steps=m.max_steps))
     return summary
 
 
@@ -181,7 +195,7 @@ class Reporter:
         last = valid[-1] if valid else None
         if m.name in self.failed:
             return "failed", len(valid), last
-        if (run / "done.json").exists():
+        if finished(m):
             return "done", len(valid), last
         attempts = len(read_jsonl(run / "attempts.jsonl")) - self.before[m.name]
         return ("queued" if attempts == 0 else "running" if attempts == 1
@@ -426,7 +440,7 @@ def launch(members: Sequence[Member], engine: str = "local", *, parallel: int = 
     if engine not in ENGINES:
         raise LaunchError(f"unknown engine {engine!r}; use --engine local or --engine ray")
     prepare(members)
-    todo = [m for m in members if not (Path(m.run_dir) / "done.json").exists()]
+    todo = [m for m in members if not finished(m)]
     for m in members:
         if m not in todo:
             print(f"{m.name}  done earlier: skipped", file=out, flush=True)
