@@ -118,6 +118,35 @@ def test_a_rerun_after_a_real_interruption_skips_done_members_and_resumes(tmp_pa
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
+def test_sigterm_stops_parallel_members_which_save_and_resume(tmp_path):
+    """--parallel 2: SIGTERM to the launcher reaches both member processes, which save
+    and stop (exit code 130, no process left); the command run again finishes them,
+    bit for bit as uninterrupted runs."""
+    big = write_toy_corpus(tmp_path / "big", words_per_split=(20_000, 1_500, 1_500))
+    args = ensemble_args(big, tmp_path / "ens", "--seeds", 0, 1, "--parallel", 2)
+    p = _launcher(args)
+    ckpts = [tmp_path / f"ens/member-{s}/checkpoint.npz" for s in (0, 1)]
+    deadline = time.time() + 120
+    while not all(c.exists() for c in ckpts) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=60) == 130
+    for s in (0, 1):
+        run = tmp_path / f"ens/member-{s}"
+        meta = load_checkpoint(run)[2]
+        assert meta["epoch"] == 1 and meta["step"] > 0 and not (run / "done.json").exists()
+        pid = lines(run / "attempts.jsonl")[0]["pid"]
+        assert pid != p.pid and not Path(f"/proc/{pid}").exists()       # gone, not orphaned
+        assert "interrupted: checkpoint saved" in (run / "train.log").read_text()
+    assert main(args[:-2]) == 0                       # again, in this process this time
+    plain = tmp_path / "plain"
+    assert main(["train", "--data-dir", str(big), "--out", str(plain), "--seed", "0",
+                 *TINY]) == 0
+    a, b = params(plain), params(tmp_path / "ens/member-0")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
 def test_sweep_is_the_placement_study_with_seeds(toy_data, tmp_path, capsys):
     """A sweep over the modes at the study's budget (constant lr, a fraction of the
     training streams) gives examples/dropout_placement.py's numbers, seed for seed;

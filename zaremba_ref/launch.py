@@ -35,14 +35,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Sequence, TextIO
+from typing import Any, Iterator, Sequence, TextIO
 
 import numpy as np
 
@@ -278,8 +280,16 @@ def _run_subprocesses(members: Sequence[Member], report: Reporter,
     visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
     visible = visible or [str(k) for k in range(parallel)]
     queue, running, interrupted = list(members), {}, False
-    try:
+    signals: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:      # each child saves and stops
+        signals.append(signum)
+        for _, p, _ in running.values():
+            p.send_signal(signum)
+
+    with _signals_call(forward, signal.SIGINT, signal.SIGTERM):
         while queue or running:
+            interrupted = interrupted or bool(signals)
             free = [k for k in range(parallel) if k not in running]
             while queue and free and not interrupted:
                 m, slot = queue.pop(0), free.pop(0)
@@ -291,6 +301,8 @@ def _run_subprocesses(members: Sequence[Member], report: Reporter,
                                      stdout=log, stderr=subprocess.STDOUT,
                                      env=_worker_env(extra))
                 running[slot] = (m, p, log)
+                if signals:                         # one that came during Popen
+                    p.send_signal(signals[-1])
             if interrupted and not running:
                 break
             time.sleep(0.2)
@@ -305,12 +317,7 @@ def _run_subprocesses(members: Sequence[Member], report: Reporter,
                     tail = (Path(m.run_dir) / "worker.log").read_text().strip().splitlines()
                     report.fail(m.name, f"exit code {p.returncode}: "
                                         f"{tail[-1] if tail else 'no output'}")
-    except KeyboardInterrupt:   # Ctrl-C reached the children too: they save and stop
-        for m, p, log in running.values():
-            p.wait()
-            log.close()
-        interrupted = True
-    return "interrupted" if interrupted else None
+    return "interrupted" if interrupted or signals else None
 
 
 def check_ray_installed() -> None:
@@ -369,6 +376,25 @@ def _ray_task(member: dict) -> dict:
     return summary
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _signals_call(handler: Any, *signums: int) -> Iterator[None]:
+    """Call ``handler`` on these signals for the duration (in the main thread only:
+    Python delivers signals there; elsewhere, as in a test's thread, do nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, handler) for s in signums}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 def _run_ray(members: Sequence[Member], report: Reporter, address: str | None,
              cpus_per_member: float, gpus_per_member: float, max_retries: int) -> str | None:
     """Each member a Ray task with ``num_cpus``/``num_gpus`` and ``max_retries``: Ray
@@ -380,30 +406,28 @@ def _run_ray(members: Sequence[Member], report: Reporter, address: str | None,
     started = not ray.is_initialized()
     if started:
         ray_init(address)
+    pending: list = []
     try:
-        task = ray.remote(_ray_task)
-        refs = {task.options(num_cpus=cpus_per_member, num_gpus=gpus_per_member,
-                             max_retries=max_retries, retry_exceptions=[MemberInterrupted],
-                             name=m.name).remote(m.to_dict()): m for m in members}
-        interrupted = False
-        pending = list(refs)
-        while pending:
-            try:
+        with _signals_call(_interrupt, signal.SIGTERM):   # SIGTERM as Ctrl-C: stop cleanly
+            task = ray.remote(_ray_task)
+            refs = {task.options(num_cpus=cpus_per_member, num_gpus=gpus_per_member,
+                                 max_retries=max_retries, retry_exceptions=[MemberInterrupted],
+                                 name=m.name).remote(m.to_dict()): m for m in members}
+            pending = list(refs)
+            while pending:
                 ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
-            except KeyboardInterrupt:   # the members keep their last periodic checkpoints
-                for ref in pending:
-                    ray.cancel(ref, force=True)
-                return "interrupted"
-            for ref in ready:
-                m = refs[ref]
-                try:
-                    summary = ray.get(ref)
-                except Exception as e:       # the task's error, or retries used up
-                    cause = getattr(e, "cause", None) or e
-                    report.fail(m.name, f"{type(cause).__name__}: {cause}".splitlines()[0])
-                    continue
-                interrupted |= summary["status"] == "interrupted"
-        return "interrupted" if interrupted else None
+                for ref in ready:
+                    try:
+                        ray.get(ref)
+                    except Exception as e:       # the task's error, or retries used up
+                        cause = getattr(e, "cause", None) or e
+                        report.fail(refs[ref].name,
+                                    f"{type(cause).__name__}: {cause}".splitlines()[0])
+        return None
+    except KeyboardInterrupt:      # the members keep their last periodic checkpoints
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        return "interrupted"
     finally:
         if started:
             ray.shutdown()
