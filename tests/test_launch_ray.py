@@ -24,6 +24,7 @@ from conftest import write_toy_corpus
 
 # read when ray is imported: a one-machine Ray on 127.0.0.1, never the machine's address
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 ray = pytest.importorskip("ray", reason="ray is not installed: pip install -e \".[ray]\"")
 
 

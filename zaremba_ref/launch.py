@@ -346,6 +346,7 @@ def ray_init(address: str | None = None, **kwargs: Any) -> Any:
     ``kwargs`` go to ``ray.init`` (e.g. ``num_cpus``). Returns the ray module."""
     if not address:   # read when ray is imported: 0 keeps a one-machine Ray on loopback
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        os.environ["RAY_USAGE_STATS_ENABLED"] = "0"     # and nothing reported outside
     ray = import_ray()
     runtime_env = {"py_modules": [str(Path(__file__).resolve().parent)]}
     if address:
