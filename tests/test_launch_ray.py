@@ -1,7 +1,8 @@
 """The Ray engine with a real Ray instance on 127.0.0.1 (skipped where ray is not
-installed; CI installs it): members as tasks, and a worker killed mid-member (SIGKILL)
-that Ray retries and that resumes from its checkpoint to the same parameters, bit for
-bit, as a member nobody killed."""
+installed; CI installs it): members as tasks, and a worker killed mid-member (SIGKILL,
+SIGTERM) that Ray retries and that resumes from its checkpoint to the same parameters,
+bit for bit, as a member nobody killed. Every socket of Ray's processes is checked to
+be on loopback, and no process Ray started outlives the tests."""
 
 from __future__ import annotations
 
@@ -54,6 +55,41 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
+ANY = {"00000000", "00000000000000000000000000000000"}
+
+
+def _sockets(pids: set[int]) -> list[tuple[str, str, str, str]]:
+    """(protocol, local address, remote address, state) of every TCP/UDP socket that
+    the processes ``pids`` hold, addresses as /proc/net writes them (hex)."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+        except OSError:       # gone, or a descriptor closed meanwhile
+            continue
+    out = []
+    for proto in ("tcp", "tcp6", "udp", "udp6"):
+        for line in Path(f"/proc/net/{proto}").read_text().splitlines()[1:]:
+            f = line.split()
+            if f[9] in inodes:
+                out.append((proto, f[1].split(":")[0], f[2].split(":")[0], f[3]))
+    return out
+
+
+def _off_loopback(pids: set[int]) -> list:
+    """The sockets of these processes bound, or connected, to anything but loopback (a
+    listening or unconnected socket has no remote address). None at all would mean
+    that the check does not see Ray's: that is reported too."""
+    socks = _sockets(pids)
+    if not socks:
+        return ["no socket seen"]
+    return [s for s in socks if s[1] not in LOOPBACK or s[2] not in LOOPBACK | ANY]
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     """Ray on this machine, 2 CPUs, bound to 127.0.0.1; shut down afterwards, and no
@@ -67,9 +103,11 @@ def local_ray():
     try:
         nodes = ray.nodes()
         assert [n["NodeManagerAddress"] for n in nodes] == ["127.0.0.1"]   # loopback only
+        assert _off_loopback(_descendants(os.getpid()) - before) == []
         yield ray
     finally:
         started = _descendants(os.getpid()) - before
+        off_loopback = _off_loopback(started)     # the workers too, after the tests ran
         ray.shutdown()
         deadline = time.time() + 20
         while any(_alive(p) for p in started) and time.time() < deadline:
@@ -80,6 +118,7 @@ def local_ray():
             else:
                 os.environ[k] = v
         assert not [p for p in started if _alive(p)], "Ray left processes behind"
+        assert off_loopback == []
 
 
 TINY = ["--no-verify-data", "--hidden-size", "12", "--batch-size", "4", "--num-steps", "5",
