@@ -282,6 +282,24 @@ def test_a_member_stopped_by_max_steps_goes_on_with_a_larger_budget(toy_data, tm
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # overflow is the point
+def test_a_failing_member_is_named_and_the_others_still_train(toy_data, tmp_path, capsys):
+    """lr_decay 1e-38 multiplies lr by 1e38 after epoch 1: every member blows up in
+    epoch 2. Each is named with its error; one failure does not stop the others; the
+    command ends with one line and exit code 1, without evaluating."""
+    out = tmp_path / "ens"
+    assert main(ensemble_args(toy_data, out, "--members", 2, "--lr-decay", "1e-38",
+                              "--max-epoch", 3)) == 1
+    captured = capsys.readouterr()
+    failed = [line for line in captured.out.splitlines() if "failed" in line]
+    assert failed and all(line.split()[1] == "failed" for line in failed)
+    assert "is nan at epoch 2" in failed[0] or "NaN or Inf at epoch 2" in failed[0]
+    assert captured.err.count("\n") == 1 and "member(s) not done" in captured.err
+    assert "fix the cause" in captured.err and len(failed) == 2
+    assert not (out / "ensemble.json").exists()
+    assert load_checkpoint(out / "member-0")[2]["epoch"] == 2    # the last good one kept
+
+
 def test_a_member_directory_holding_another_run_is_refused(toy_data, tmp_path, capsys):
     out = tmp_path / "ens"
     assert main(ensemble_args(toy_data, out, "--members", "1", "--max-steps", "3")) == 0

@@ -24,8 +24,11 @@ def _unfinished(states: dict[str, str]) -> int:
     bad = {k: v for k, v in states.items() if v != "done"}
     if not bad:
         return 0
-    print(f"error: {len(bad)} member(s) not done ({', '.join(f'{k}: {v}' for k, v in bad.items())}"
-          "); run the same command again to resume them", file=sys.stderr, flush=True)
+    listed = ", ".join(f"{k}: {v}" for k, v in bad.items())
+    fix = ("fix the cause on the failed lines above, then run the same command again"
+           if "failed" in bad.values() else "run the same command again to resume them")
+    print(f"error: {len(bad)} member(s) not done ({listed}); {fix}", file=sys.stderr,
+          flush=True)
     return 130 if "interrupted" in bad.values() else 1
 
 
