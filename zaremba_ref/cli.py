@@ -1,5 +1,5 @@
 """Command line: ``python -m zaremba_ref COMMAND ...``, COMMAND one of train, evaluate,
-sample, trace, compare, check-impl, plot.
+sample, trace, compare, check-impl, plot, ensemble (train), sweep.
 
 Every expected failure (missing data, a bad checksum, a corrupt or mismatched
 checkpoint, a bad argument, no GPU, an unreadable trace) ends in one line on stderr
@@ -167,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a name for each run, in order, once per run (default: the "
                          "directory or file name)")
     pl.add_argument("--title", help="a title above the curves")
+    from .launch_commands import add_launch_parsers   # ensemble train, sweep
+    add_launch_parsers(sub, _add_data_args)
     return parser
 
 
@@ -335,9 +337,10 @@ def run_cli(fn: Callable[[], int]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .launch_commands import cmd_ensemble, cmd_sweep
     command = {"train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample,
                "trace": _cmd_trace, "compare": _cmd_compare, "check-impl": cli_check_impl,
-               "plot": _cmd_plot}
+               "plot": _cmd_plot, "ensemble": cmd_ensemble, "sweep": cmd_sweep}
     return run_cli(lambda: command[args.command](args))
 
 
