@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import io
+import json
 import sys
 
 import numpy as np
@@ -86,10 +87,10 @@ def test_wrappers_have_the_twins_signatures_and_build_each_kernel_once(fake_cupy
                 == list(inspect.signature(getattr(kernels, name)).parameters)), name
     assert fake_cupy.kernels == []                                   # nothing built yet
     B, H = 2, 3
-    x, mask = np.ones((B, H)), np.full((B, H), 2.0)
+    x, mask = gpu.asarray(np.ones((B, H))), gpu.asarray(np.full((B, H), 2.0))
     for _ in range(3):
-        out = gpu.dropout(x, mask, out=np.empty((B, H)))            # as lstm.py calls it
-    np.testing.assert_array_equal(out, 2.0)
+        out = gpu.dropout(x, mask, out=gpu.xp.empty((B, H)))        # as lstm.py calls it
+    np.testing.assert_array_equal(out.get(), 2.0)
     assert [k.name for k in fake_cupy.kernels] == ["dropout"] and fake_cupy.kernels[0].calls == 3
     assert make_gpu_backend().dropout(x, mask, out=out) is out      # still one kernel
     assert len(fake_cupy.kernels) == 1
@@ -142,7 +143,8 @@ def test_evaluation_on_the_gpu_path_matches_numpy(fake_cupy):
                                  [(gpu.asarray(h), gpu.asarray(c)) for h, c in state],
                                  backend=gpu)
     assert got == pytest.approx(want, rel=1e-12)
-    np.testing.assert_allclose(np.array(got_state), np.array(want_state), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose([[gpu.to_numpy(a) for a in pair] for pair in got_state],
+                               np.array(want_state), rtol=1e-12, atol=1e-12)
 
 
 def test_training_on_the_gpu_path_saves_a_checkpoint(fake_cupy, toy_data, tmp_path):
@@ -152,6 +154,62 @@ def test_training_on_the_gpu_path_saves_a_checkpoint(fake_cupy, toy_data, tmp_pa
     summary = train(config, corpus, tmp_path / "run", backend=make_gpu_backend(),
                     max_steps=2, out=io.StringIO())
     assert summary["status"] == "max_steps" and (tmp_path / "run" / "checkpoint.npz").exists()
+
+
+# -- the whole GPU code path under the boundary-keeping double ----------------------------
+#
+# The double's arrays are a device type of their own (tests/fake_cupy.py): a NumPy array
+# that reaches a kernel, a ufunc or arithmetic with a device array, or a device array that
+# reaches numpy.asarray, raises as it would with CuPy. Every command of the GPU path runs
+# here in every dropout mode; DROPOUT_MODES follows dropout.MODES, so a new mode is covered
+# as soon as draw_masks accepts it.
+
+DROPOUT_MODES = tuple(z.dropout.MODES)
+TINY = ["--config", "small", "--num-layers", "2", "--hidden-size", "8", "--num-steps", "5",
+        "--batch-size", "4", "--max-epoch", "1", "--seed", "3"]
+
+
+def run_cli(capsys, *argv) -> str:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out
+
+
+@pytest.mark.parametrize("mode", DROPOUT_MODES)
+def test_the_whole_gpu_path_keeps_the_host_device_boundary(fake_cupy, toy_data, tmp_path,
+                                                            capsys, mode):
+    """Train (every step of an epoch, validation, the batch-1 test pass), checkpoint on
+    the way, resume from it onto the device, evaluate, average an ensemble, sample: all
+    with --device gpu through the double, and the GPU path's numbers equal the CPU's."""
+    data = ["--data-dir", toy_data, "--no-verify-data"]
+    run = tmp_path / "run"
+    common = ["train", *TINY, *data, "--mode", mode, "--dropout", "0.3", "--device", "gpu",
+              "--out", run, "--save-every", "7"]
+    run_cli(capsys, *common, "--max-steps", "12")                   # stops mid-epoch, saved
+    assert (run / "checkpoint.npz").exists()
+    out = run_cli(capsys, *common, "--resume")                      # onto the device, on
+    summary = json.loads(out.splitlines()[-1].removeprefix("summary "))
+    assert summary["status"] == "done" and summary["test_ppl"] > 1
+    kernels_run = {k.name for k in fake_cupy.kernels}
+    assert kernels_run >= {"lstm_cell_forward", "lstm_cell_backward", "sgd_update",
+                           "softmax_cross_entropy_grad"}
+
+    gpu = [json.loads(line) for line in run_cli(
+        capsys, "evaluate", run, *data, "--device", "gpu").splitlines()]
+    cpu = [json.loads(line) for line in run_cli(
+        capsys, "evaluate", run, *data, "--device", "cpu").splitlines()]
+    assert gpu[0]["valid_ppl"] == pytest.approx(cpu[0]["valid_ppl"], rel=1e-5)
+    assert gpu[0]["test_ppl"] == pytest.approx(summary["test_ppl"], rel=1e-5)
+    ensemble = [json.loads(line) for line in run_cli(
+        capsys, "evaluate", run, run, *data, "--device", "gpu", "--ensemble",
+        "--split", "valid").splitlines()]
+    assert ensemble[-1]["valid_ppl"] == pytest.approx(cpu[0]["valid_ppl"], rel=1e-5)
+    words = run_cli(capsys, "sample", run, "--words", "7", "--device", "gpu").split()
+    # No host array was indexed with or copied over implicitly (CuPy allows those, each a
+    # synchronous copy): every array reached the device through backend.asarray.
+    assert fake_cupy.host_to_device == []
+    assert words == run_cli(capsys, "sample", run, "--words", "7", "--device", "cpu").split()
 
 
 # -- the errors: one line, what to install or check ---------------------------------------
