@@ -559,7 +559,9 @@ class ndarray:  # noqa: N801  (cupy's name)
         return _apply(ufunc, ufunc.__name__, inputs, out, **kwargs)
 
     def __array_function__(self, func, types, args, kwargs):
-        return NotImplemented        # the double offers no NumPy function on its arrays
+        # CuPy dispatches a NumPy function to cupy's function of the same name, if any;
+        # the double offers none, so NumPy raises TypeError ("no implementation found")
+        return NotImplemented
 
     def _binary(ufunc, name, reflected=False):  # noqa: N805  (builds methods)
         def op(self, other):
@@ -625,17 +627,16 @@ def ones(shape, dtype=float, order="C"):
     return ndarray._wrap(np.ones(shape, dtype, order))
 
 
-def _like(np_fn):
-    def like(a, dtype=None, order="K", subok=None, shape=None):
-        # CuPy reads only the prototype's dtype, flags and shape (cupy/_creation/basic.py,
-        # _new_like_order_and_strides): a host prototype is allowed
-        proto = a._a if isinstance(a, ndarray) else a
-        return ndarray._wrap(np_fn(proto, dtype=dtype, order=order, shape=shape))
-    like.__name__ = np_fn.__name__
-    return like
+# CuPy reads only a prototype's dtype, flags and shape (cupy/_creation/basic.py,
+# _new_like_order_and_strides): a host prototype is allowed, as here.
+def empty_like(prototype, dtype=None, order="K", subok=None, shape=None):
+    proto = prototype._a if isinstance(prototype, ndarray) else prototype
+    return ndarray._wrap(np.empty_like(proto, dtype=dtype, order=order, shape=shape))
 
 
-empty_like, zeros_like = _like(np.empty_like), _like(np.zeros_like)
+def zeros_like(a, dtype=None, order="K", subok=None, shape=None):
+    proto = a._a if isinstance(a, ndarray) else a
+    return ndarray._wrap(np.zeros_like(proto, dtype=dtype, order=order, shape=shape))
 
 
 def arange(start, stop=None, step=1, dtype=None):
