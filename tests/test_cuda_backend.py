@@ -26,6 +26,7 @@ from zaremba_ref.cuda_backend import make_gpu_backend
 from zaremba_ref.optim import sgd_step
 from zaremba_ref.train import train, train_step
 
+from conftest import skip_or_fail
 from fake_cupy import make_fake_cupy
 
 KERNELS = ("lstm_cell_forward", "lstm_cell_backward", "dropout", "softmax_cross_entropy_grad",
@@ -220,8 +221,51 @@ def test_without_cupy_the_message_says_what_to_install(monkeypatch):
         get_backend("gpu")
     msg = str(err.value)
     assert "\n" not in msg and "not installed" in msg
-    for part in ('pip install "zaremba_ref[gpu]"', "cupy-cuda12x", "cupy-cuda11x"):
+    for part in ('pip install -e ".[gpu]"', "cupy-cuda12x", "pip install cupy-cuda13x"):
         assert part in msg
+
+
+def test_with_the_real_cupy_but_no_device_the_error_is_one_line(monkeypatch, tmp_path,
+                                                                  capsys):
+    """cupy imports (pip install works without a GPU) but no driver or device answers:
+    the real CuPy's error, on one line, and exit code 2 from the command line."""
+    try:
+        import cupy
+    except ImportError as e:
+        skip_or_fail(f"cupy is not installed ({e}): pip install -e \".[gpu-compile]\"")
+    try:
+        usable = cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        usable = False
+    if usable:
+        pytest.skip("a CUDA device is usable here: --device gpu works")
+    with pytest.raises(BackendUnavailable) as err:
+        get_backend("gpu")
+    msg = str(err.value)
+    assert "\n" not in msg and "--device cpu" in msg, msg
+    assert "cupy is installed but CUDA is not usable" in msg or "no CUDA device" in msg, msg
+    code = main(["train", "--device", "gpu", "--max-steps", "1", "--out", str(tmp_path / "r")])
+    out, err_text = capsys.readouterr()
+    assert code == 2 and out == "" and err_text.count("\n") == 1, err_text
+
+
+def test_a_cupy_that_fails_to_import_is_one_line(monkeypatch):
+    """Installed but broken (CuPy's import errors span lines): one line, not 'not installed'."""
+    import importlib.machinery
+    import types
+    broken = types.ModuleType("cupy")
+    broken.__spec__ = importlib.machinery.ModuleSpec("cupy", None)
+
+    def fail(name):
+        raise ImportError("CuPy failed to load libnvrtc.so.12\n  OSError: no such file")
+    broken.__getattr__ = fail
+    monkeypatch.setitem(sys.modules, "cupy", broken)
+    monkeypatch.setitem(sys.modules, "cupyx", None)               # import cupyx fails
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: broken.__spec__)
+    with pytest.raises(BackendUnavailable) as err:
+        make_gpu_backend()
+    msg = str(err.value)
+    assert "\n" not in msg and "does not import" in msg and "--device cpu" in msg, msg
 
 
 @pytest.mark.parametrize("count, words", [(0, "no CUDA device is visible"),
