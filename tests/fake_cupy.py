@@ -647,6 +647,22 @@ def vdot(a, b):
     return _apply(np.vdot, "vdot", (a, b))
 
 
+def matmul(x1, x2, /, out=None):
+    """cupy.matmul (benchmarks/bench.py's GEMM floor writes into ``out``)."""
+    return _apply(np.matmul, "matmul", (x1, x2), out)
+
+
+class FakeStream:
+    """cupy.cuda.Stream: the double runs everything in order, so synchronizing is free."""
+
+    def synchronize(self):
+        pass
+
+
+def get_current_stream(device_id=-1):
+    return FakeStream()
+
+
 def scatter_add(a, slices, value):
     """cupyx.scatter_add: ``a.scatter_add(slices, value)`` (cupyx/_scatter.py), so ``a``
     must be a device array; repeated indices accumulate."""
@@ -654,7 +670,9 @@ def scatter_add(a, slices, value):
 
 
 MODULE_FUNCTIONS = {f.__name__: f for f in (asarray, array, empty, empty_like, zeros,
-                                            zeros_like, ones, arange, vdot)}
+                                            zeros_like, ones, arange, vdot, matmul)}
+CUDA_FUNCTIONS = {"get_current_stream": get_current_stream}   # cupy.cuda.<name>
+STREAM_METHODS = ("synchronize",)
 UFUNCS = {name: _ufunc(getattr(np, name)) for name in ("exp", "log", "isfinite")}
 CUPYX_FUNCTIONS = {"scatter_add": scatter_add}
 GENERATOR_METHODS = ("random",)
@@ -715,7 +733,7 @@ def make_fake_cupy(builder: Builder, device_count: int | Exception = 1):
         return device_count
 
     cupy.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(
-        getDeviceCount=get_device_count))
+        getDeviceCount=get_device_count), **CUDA_FUNCTIONS)
     cupy.kernels = []
 
     def elementwise_kernel(*args, **kwargs) -> CpuElementwiseKernel:

@@ -213,6 +213,24 @@ def test_the_whole_gpu_path_keeps_the_host_device_boundary(fake_cupy, toy_data, 
     assert words == run_cli(capsys, "sample", run, "--words", "7", "--device", "cpu").split()
 
 
+def test_the_benchmark_gpu_path_keeps_the_boundary(fake_cupy):
+    """benchmarks/bench.py --device gpu (a part of gpu_check.sh) under the double: its
+    GEMM floor (matmul into preallocated outputs), the stream synchronisation, our train
+    and eval steps on device windows."""
+    import importlib.util
+    from conftest import REPO
+    from zaremba_ref.config import PRESETS
+    spec = importlib.util.spec_from_file_location("bench", REPO / "benchmarks" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = bench.parse_args(["--device", "gpu", "--steps", "1", "--repeats", "1",
+                             "--warmup", "1", "--settle", "0", "--no-torch"])
+    cfg = PRESETS["medium"].replace(hidden_size=8, num_steps=3, batch_size=2, vocab_size=30)
+    res = bench.bench(cfg, args, make_gpu_backend(), threads=1)
+    assert res["words_per_sec"] > 0 and res["gemm_floor_words_per_sec"] > 0
+    assert fake_cupy.host_to_device == []
+
+
 # -- the errors: one line, what to install or check ---------------------------------------
 
 def test_without_cupy_the_message_says_what_to_install(monkeypatch):

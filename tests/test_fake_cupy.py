@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import re
 import sys
 
 import numpy as np
@@ -68,6 +69,7 @@ def signature_from_doc(doc: str, what: str) -> list[tuple[str, object, bool]]:
     if "(" not in first:
         raise AssertionError(f"{what}: no signature, and no `name(params)` docstring line")
     text = first[first.index("(") + 1:first.rindex(")")]
+    text = re.sub(r"\b(?:int|bint|str|object|double|Py_ssize_t|size_t)\s+(?=\w)", "", text)
     args = ast.parse(f"def f({text}): pass").body[0].args
     pos = args.posonlyargs + args.args
     defaults = [False] * (len(pos) - len(args.defaults)) + [True] * len(args.defaults)
@@ -132,6 +134,8 @@ def test_the_compatibility_check_can_fail():
     cython = signature_from_doc("_ndarray_base.get(self, stream=None, order='C', out=None, "
                                 "blocking=True)\n\n  Returns a copy", "get")
     assert [p[0] for p in cython] == ["stream", "order", "out", "blocking"]
+    typed = signature_from_doc("get_current_stream(int device_id=-1)\n\nGets", "g")
+    assert typed == [("device_id", KIND.POSITIONAL_OR_KEYWORD, True)]
     ufunc = signature_from_doc("exp(x, /, out=None, \\*, casting='same_kind', dtype=None)", "e")
     assert [(p[0], p[1]) for p in ufunc][:2] == [("x", KIND.POSITIONAL_ONLY),
                                                  ("out", KIND.POSITIONAL_OR_KEYWORD)]
@@ -160,12 +164,18 @@ def test_module_functions_exist_in_cupy_with_compatible_signatures(real, name):
     assert incompatibilities(fake, getattr(cupy, name)) == [], name
 
 
-def test_dtypes_ndarray_and_runtime_exist_in_cupy(real):
+def test_dtypes_ndarray_and_runtime_exist_in_cupy(real, double):
     cupy, _ = real
     for name in fc.DTYPES:
         assert getattr(cupy, name) is getattr(np, name), f"cupy.{name} is not numpy's"
     assert isinstance(cupy.ndarray, type)
     assert callable(cupy.cuda.runtime.getDeviceCount)
+    assert set(vars(sys.modules["cupy"].cuda)) == {"runtime"} | set(fc.CUDA_FUNCTIONS)
+    for name, fake in fc.CUDA_FUNCTIONS.items():
+        assert incompatibilities(fake, getattr(cupy.cuda, name)) == [], f"cupy.cuda.{name}"
+    for name in fc.STREAM_METHODS:
+        assert incompatibilities(getattr(fc.FakeStream, name),
+                                 getattr(cupy.cuda.Stream, name)) == [], f"Stream.{name}"
     assert callable(cupy.ElementwiseKernel)
     assert incompatibilities(fc.FakeGenerator, cupy.random.default_rng) == []
 

@@ -8,7 +8,8 @@ asks CuPy's own generator (``cupy._core._kernel._get_elementwise_kernel_code``) 
 source, for every ``KernelSpec`` x {float32, float64} x every argument kind that
 ``cuda_backend.py`` passes or CuPy's launcher can make of it, prefixes CuPy's headers,
 compiles with CuPy's compiler options and NVRTC to PTX for compute_80 (A100) and
-compute_90 (H100/H200), and checks that each kernel was emitted. The argument kinds:
+compute_90 (H100/H200) and to machine code (CUBIN) for sm_80 and sm_90, as CuPy does on
+such a device, and checks that each kernel was emitted. The argument kinds:
 
 * contiguous arrays (CuPy folds them to one dimension, ``reduce_dims``), and arrays of 2
   and 3 dimensions, contiguous or strided: the dropout masks are time-major views
@@ -41,7 +42,10 @@ from zaremba_ref.kernels import CUDA_PREAMBLE
 from conftest import skip_or_fail
 
 PINNED = "cupy-cuda12x==14.2.0, nvidia-cuda-nvrtc-cu12==12.9.86"   # pyproject: gpu-compile
-ARCHS = ("compute_80", "compute_90")
+# PTX for the virtual architectures, and CUBIN (machine code: NVRTC runs ptxas too) for
+# the real ones, which is what CuPy asks NVRTC for on a device it knows
+# (cupy/cuda/compiler.py, _get_arch_for_options_for_nvrtc)
+ARCHS = ("compute_80", "compute_90", "sm_80", "sm_90")
 FLOATS = (np.float32, np.float64)
 INTS = (np.int32, np.int64)          # word ids: int32 from data.py, int64 from a user's arrays
 # The raw arrays' dimensions as cuda_backend passes them: z[t-1], gates[t-1], dz[t-1]
@@ -59,7 +63,8 @@ NEEDED = [("cupy", "ElementwiseKernel"), ("cupy", "ndarray"),
           ("cupy._core.core", "_get_cccl_include_options"),
           ("cupy._core.core", "_get_header_dir_path"),
           ("cupy.cuda.nvrtc", "createProgram"), ("cupy.cuda.nvrtc", "compileProgram"),
-          ("cupy.cuda.nvrtc", "getPTX"), ("cupy.cuda.nvrtc", "getProgramLog"),
+          ("cupy.cuda.nvrtc", "getPTX"), ("cupy.cuda.nvrtc", "getCUBIN"),
+          ("cupy.cuda.nvrtc", "getProgramLog"),
           ("cupy.cuda.nvrtc", "destroyProgram"), ("cupy.cuda.nvrtc", "getVersion"),
           ("cupy.cuda.nvrtc", "NVRTCError")]
 
@@ -178,8 +183,9 @@ def generate(cu, spec: kernels.KernelSpec, types: dict) -> tuple[str, list[str]]
     return cu.header + "\n".join(sources), names
 
 
-def compile_ptx(cu, source: str, arch: str) -> str:
-    """NVRTC: ``source`` -> PTX for ``arch``, or NvrtcError with the compiler's log."""
+def compile_ptx(cu, source: str, arch: str) -> str | bytes:
+    """NVRTC: ``source`` -> PTX (text) for a ``compute_`` arch, CUBIN (bytes) for an
+    ``sm_`` one, or NvrtcError with the compiler's log."""
     prog = cu.createProgram(source, "zaremba_ref_kernels.cu", [], [])
     try:
         try:
@@ -187,6 +193,8 @@ def compile_ptx(cu, source: str, arch: str) -> str:
         except cu.NVRTCError:
             log = cu.getProgramLog(prog)
             raise NvrtcError(log if isinstance(log, str) else log.decode()) from None
+        if arch.startswith("sm_"):
+            return cu.getCUBIN(prog)
         ptx = cu.getPTX(prog)
         return ptx if isinstance(ptx, str) else ptx.decode()
     finally:
@@ -209,6 +217,11 @@ def test_nvrtc_compiles_every_kernel_as_cupy_generates_it(cu, name, arch):
             ptx = compile_ptx(cu, source, arch)
         except NvrtcError as e:
             pytest.fail(f"NVRTC {cu.version} refused {name} with {types} for {arch}:\n{e}")
+        if arch.startswith("sm_"):                    # an ELF with every kernel's symbol
+            assert ptx[:4] == b"\x7fELF", arch
+            for kernel_name in names:
+                assert kernel_name.encode() + b"\0" in ptx, (kernel_name, types, arch)
+            continue
         for kernel_name in names:                     # every variant was emitted
             assert re.search(rf"\.entry {kernel_name}\(", ptx), (kernel_name, types, arch)
         assert f".target sm_{arch.split('_')[1]}" in ptx
