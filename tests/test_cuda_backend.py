@@ -1,10 +1,12 @@
 """The GPU backend (cuda_backend.py): its code path, its errors, and (with -m gpu) CuPy.
 
 Without a GPU, a test double of ``cupy`` (tests/fake_cupy.py) is put into
-``sys.modules`` for one test at a time: its arrays are NumPy arrays and its
-``ElementwiseKernel`` compiles the real kernel text for the CPU. Through it, a whole
-training step on the GPU code path must give what the NumPy path gives, to 1e-12 in
-float64. The test marked ``gpu`` repeats the comparison with the real CuPy on a device.
+``sys.modules`` for one test at a time: its arrays are a device type of their own that
+refuses what CuPy refuses at the host/device boundary, and its ``ElementwiseKernel``
+compiles the real kernel text for the CPU. Through it, a whole training step on the GPU
+code path must give what the NumPy path gives, to 1e-12 in float64, and every command
+(train, resume, evaluate, ensemble, sample) and the benchmark must run. The test marked
+``gpu`` repeats the comparison with the real CuPy on a device.
 """
 
 from __future__ import annotations
