@@ -6,7 +6,8 @@
 # DIR holds ptb.{train,valid,test}.txt (copy them beside the code: a GPU machine may have
 # no network). Needs what such a machine usually has: Python with numpy, PyTorch (for the
 # cuDNN comparison; without it those columns stay empty) and a CuPy wheel (cupy-cuda12x
-# or cupy-cuda13x); the package is used from this working tree, not installed. In order:
+# or cupy-cuda13x) and pytest; the package is used from this working tree, not installed.
+# The Python is $PYTHON, else python3. In order:
 #
 #   1. pytest -m gpu                       CuPy against NumPy on a device (tests/)
 #   2. bench.py --device gpu, small        ours vs PyTorch (cuDNN), interleaved in one run
@@ -53,7 +54,7 @@ OUT="$(cd "$OUT" && pwd)"
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$REPO" || exit 2
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-PY="${PYTHON:-python}"
+PY="${PYTHON:-$(command -v python3 || command -v python)}"   # $PYTHON, else python3
 
 if [ "$DRY" = 1 ]; then
     DEVICE=cpu
