@@ -265,7 +265,7 @@ def test_each_wrapper_passes_its_arguments_in_cupys_parameter_order(real, double
     twin = inspect.signature(getattr(kernels, name)).parameters
     args = {}
     for k, p in enumerate(twin):
-        if p in ("lr_scale", "scale"):
+        if twin[p].annotation in ("float", float):
             args[p] = 0.25 + k                                       # a distinct scalar
         else:
             args[p] = double.asarray(np.full(shapes.get(p, (B, H)), float(k)))

@@ -30,6 +30,7 @@ cupy or NVRTC the tests skip with the reason; under ``CI=true`` that is a failur
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 from types import SimpleNamespace
 
@@ -67,6 +68,18 @@ NEEDED = [("cupy", "ElementwiseKernel"), ("cupy", "ndarray"),
           ("cupy.cuda.nvrtc", "getProgramLog"),
           ("cupy.cuda.nvrtc", "destroyProgram"), ("cupy.cuda.nvrtc", "getVersion"),
           ("cupy.cuda.nvrtc", "NVRTCError")]
+
+
+# What CuPy adds when it compiles an elementwise kernel (cupy/cuda/compiler.py:
+# _compile_with_cache_cuda, _compile_using_nvrtc); the architecture comes last
+NVRTC_OPTIONS = ("-ftz=true", "--device-as-default-execution-space")
+
+
+def options_without_cuda_headers(found: dict) -> tuple:
+    """CuPy's options (cupy/_core/core.pyx, assemble_cupy_compiler_options) less the CUDA
+    toolkit's include folder, which CuPy insists on finding but these kernels do not use."""
+    return tuple(found["_get_cccl_include_options"]()) + (
+        "--std=c++17", "-I" + found["_get_header_dir_path"]()) + NVRTC_OPTIONS
 
 
 class NvrtcError(Exception):
@@ -108,15 +121,11 @@ def cu():
         skip_or_fail(f"NVRTC is not loadable ({type(e).__name__}: {e}); pip install "
                      f"nvidia-cuda-nvrtc-cu12 ({PINNED})")
     try:
-        options = tuple(found["assemble_cupy_compiler_options"](()))
+        options = tuple(found["assemble_cupy_compiler_options"](())) + NVRTC_OPTIONS
     except RuntimeError:
         # No CUDA toolkit headers on this machine (CuPy adds their folder on a GPU
-        # machine). The kernels use none of them: the same options without that folder.
-        options = tuple(found["_get_cccl_include_options"]()) + (
-            "--std=c++17", "-I" + found["_get_header_dir_path"]())
-    # What CuPy adds when it compiles an elementwise kernel (cupy/cuda/compiler.py:
-    # _compile_with_cache_cuda, _compile_using_nvrtc), the architecture last
-    options += ("-ftz=true", "--device-as-default-execution-space")
+        # machine; test_without_cuda_headers_the_kernels_compile shows none is needed)
+        options = options_without_cuda_headers(found)
     header = "".join(f"#include <{h}>\n" for h in found["_cupy_header_list"])
     return SimpleNamespace(cupy=cupy, version=version, options=options, header=header,
                            **found)
@@ -133,12 +142,20 @@ def arg_info(cu, kind: int, dtype=None, ndim: int = 0, c_contiguous: bool = True
                     f"c_contiguous, index_32_bits) ({e}); written against {PINNED}")
 
 
-def variants(cu, params, types: dict) -> list[tuple[str, tuple]]:
+def is_scalar(spec: kernels.KernelSpec, name: str) -> bool:
+    """Whether the backend passes parameter ``name`` as a Python scalar: a size the wrapper
+    reads off an array (H, V: not an argument of the NumPy twin), or an argument the twin
+    annotates as a number (scale, lr_scale)."""
+    twin = inspect.signature(getattr(kernels, spec.name)).parameters
+    return name not in twin or twin[name].annotation in ("float", "int", float, int)
+
+
+def variants(cu, spec, params, types: dict) -> list[tuple[str, tuple]]:
     """(label, arginfos) for every argument kind the backend can make CuPy see."""
     dtype = lambda p: p.dtype if p.dtype is not None else types[p.ctype]   # noqa: E731
+    scalar = {p.name for p in params if not p.raw and is_scalar(spec, p.name)}
     has_mask = any(p.name == "mask" for p in params)
-    has_t_scalar = any(p.dtype is None and not p.raw and p.name in ("scale", "lr_scale")
-                       for p in params)
+    has_t_scalar = any(p.dtype is None and p.name in scalar for p in params)
     layouts = ["contiguous", "strided"] + ["mask strided"] * has_mask + [
         "device scalars"] * has_t_scalar
     out = []
@@ -153,9 +170,9 @@ def variants(cu, params, types: dict) -> list[tuple[str, tuple]]:
                                         "backend passes it to RAW_NDIM in test_nvrtc.py")
                         infos.append(arg_info(cu, ARRAY, dtype(p), RAW_NDIM[p.name], True,
                                               i32))
-                    elif p.name in ("scale", "lr_scale") and layout == "device scalars":
+                    elif p.name in scalar and p.dtype is None and layout == "device scalars":
                         infos.append(arg_info(cu, ARRAY, dtype(p), ndim, False, i32))
-                    elif p.name in ("H", "V", "scale", "lr_scale"):
+                    elif p.name in scalar:
                         infos.append(arg_info(cu, SCALAR, dtype(p)))
                     else:
                         strided = layout == "strided" or (layout == "mask strided"
@@ -174,7 +191,7 @@ def generate(cu, spec: kernels.KernelSpec, types: dict) -> tuple[str, list[str]]
     assert kernel.params[-1].name == "_ind", "CuPy's indexer is no longer the last parameter"
     type_map = cu._TypeMap(tuple(sorted((k, np.dtype(v)) for k, v in types.items())))
     sources, names = [], []
-    for k, (label, infos) in enumerate(variants(cu, params, types)):
+    for k, (label, infos) in enumerate(variants(cu, spec, params, types)):
         name = f"{spec.name}_{k}"
         sources.append(f"// {label}\n" + cu._get_elementwise_kernel_code(
             infos, type_map, kernel.params, kernel.operation, name,
@@ -251,3 +268,13 @@ def test_the_header_and_options_are_cupys(cu):
     assert source.startswith("#include <cupy/complex.cuh>\n#include <cupy/carray.cuh>\n")
     assert "typedef double T;" in source and "CArray<double, 1, 1, 1> _raw_p" in source
     assert "--std=c++17" in cu.options and any(o.startswith("-I") for o in cu.options)
+
+
+def test_without_cuda_headers_the_kernels_compile(cu):
+    """CI machines have no CUDA toolkit headers; CuPy's headers and ours need none."""
+    bare = SimpleNamespace(**{**vars(cu), "options": options_without_cuda_headers(vars(cu))})
+    assert not any("cuda" in o.lower() and "cupy" not in o for o in bare.options)
+    for spec in kernels.CUDA_KERNELS.values():
+        source, names = generate(bare, spec, type_maps(spec)[-1])
+        ptx = compile_ptx(bare, source, "compute_90")
+        assert all(f".entry {n}(" in ptx for n in names)
