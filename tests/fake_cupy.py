@@ -193,6 +193,9 @@ class CpuElementwiseKernel:
         self.builder = builder
         self.device = device      # the fake cupy's kernel: device arrays in and out
         self.calls = 0
+        # each call's arguments as CuPy's launcher would classify them, before it folds
+        # dimensions: ("array", dtype, ndim, C-contiguous) or ("scalar", Python type)
+        self.argument_kinds: set[tuple] = set()
 
     # -- CuPy's type rules (_decide_params_type_core) --------------------------------
     def _decide_types(self, in_args, out_args) -> dict[str, np.dtype]:
@@ -258,6 +261,9 @@ class CpuElementwiseKernel:
                                 "device arrays)")
             if k >= nin and not isinstance(a, ndarray):
                 raise TypeError("Output arguments type must be cupy.ndarray")
+        self.argument_kinds.add(tuple(
+            ("array", a.dtype.name, a.ndim, a.flags.c_contiguous) if isinstance(a, ndarray)
+            else ("scalar", type(a).__name__) for a in args))
         ret = self._run(tuple(a._a if isinstance(a, ndarray) else a for a in args), size)
         if len(args) == nargs:            # the caller's outputs: give back the same objects
             outs = args[nin:]

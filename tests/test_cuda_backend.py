@@ -213,6 +213,43 @@ def test_the_whole_gpu_path_keeps_the_host_device_boundary(fake_cupy, toy_data, 
     # synchronous copy): every array reached the device through backend.asarray.
     assert fake_cupy.host_to_device == []
     assert words == run_cli(capsys, "sample", run, "--words", "7", "--device", "cpu").split()
+    check_kinds_are_compiled_by_test_nvrtc(fake_cupy.kernels)     # evaluation's too
+
+
+def check_kinds_are_compiled_by_test_nvrtc(kernels_built) -> int:
+    """Every argument the backend passed to a kernel is of a kind tests/test_nvrtc.py
+    compiles: arrays of at most 3 dimensions (folded or not), raw arrays C-contiguous with
+    the dimensions it assumes, Python scalars where it assumes scalars, its dtypes."""
+    import test_nvrtc as nv
+    from fake_cupy import parse_params
+    checked = 0
+    for k in kernels_built:
+        spec = kernels.CUDA_KERNELS[k.name]
+        params = parse_params(spec.in_params, True) + parse_params(spec.out_params, False)
+        for call in k.argument_kinds:
+            for p, kind in zip(params, call):
+                where = f"{k.name}: {p.name} passed as {kind}"
+                if not p.raw and nv.is_scalar(spec, p.name):
+                    assert kind[0] == "scalar", where
+                    continue
+                assert kind[0] == "array" and kind[1] in {np.dtype(t).name for t in
+                                                          nv.FLOATS + nv.INTS}, where
+                if p.raw:
+                    assert kind[2:] == (nv.RAW_NDIM[p.name], True), where
+                else:
+                    assert 1 <= kind[2] <= 3, where
+            checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_kernels_get_only_arguments_test_nvrtc_compiles(fake_cupy, dtype):
+    """A training step in every mode, float32 and float64 (the whole-path test checks the
+    commands' calls too)."""
+    for mode in DROPOUT_MODES:
+        run_case(make_gpu_backend(), mode, make_case(mode), dtype=dtype)
+    assert {k.name for k in fake_cupy.kernels} == set(kernels.CUDA_KERNELS)
+    assert check_kinds_are_compiled_by_test_nvrtc(fake_cupy.kernels) >= len(kernels.CUDA_KERNELS)
 
 
 def test_the_benchmark_gpu_path_keeps_the_boundary(fake_cupy):
