@@ -64,6 +64,7 @@ PY="${PYTHON:-$(command -v python3 || command -v python)}"   # $PYTHON, else pyt
 
 if [ "$DRY" = 1 ]; then
     DEVICE=cpu
+    LIMIT_SMALL=900    # one epoch of PTB on the CPU even at H = 8: ~4 min on 2 busy cores
     BENCH_SIZE=(--hidden-size 16 --num-steps 5 --batch-size 4 --steps 2 --repeats 1 --warmup 1
                 --threads 1 --settle 0 --no-torch)   # torch on the CPU: tests/test_bench.py
     SMALL_SIZE=(--num-layers 1 --hidden-size 8 --num-steps 10 --batch-size 64 --max-epoch 1
