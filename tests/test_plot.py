@@ -14,7 +14,15 @@ from zaremba_ref.config import PRESETS
 from zaremba_ref.optim import learning_rate
 from zaremba_ref.plot import PlotError, read_curves
 
+from conftest import skip_or_fail
+
 PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _need_matplotlib() -> None:
+    import importlib.util
+    if importlib.util.find_spec("matplotlib") is None:
+        skip_or_fail("matplotlib is not installed (pip install -e \".[plot]\")")
 
 
 def _metrics(path: Path, preset: str = "small", epochs: int = 5, test: float | None = 111.0,
@@ -55,7 +63,7 @@ def test_read_curves_one_row_per_epoch_and_the_preset_from_the_schedule(tmp_path
 
 
 def test_plot_writes_the_picture_with_the_expected_lines(tmp_path):
-    pytest.importorskip("matplotlib")
+    _need_matplotlib()
     from zaremba_ref.plot import save_plot
     small = _metrics(tmp_path / "small/metrics.jsonl", "small", epochs=13)
     medium = _metrics(tmp_path / "medium.jsonl", "medium", epochs=7, test=None)
@@ -78,7 +86,7 @@ def test_plot_writes_the_picture_with_the_expected_lines(tmp_path):
 
 
 def test_a_run_directory_uses_its_checkpoint_configuration(tmp_path, toy_data):
-    pytest.importorskip("matplotlib")
+    _need_matplotlib()
     run = tmp_path / "run"
     assert main(["train", "--data-dir", str(toy_data), "--no-verify-data", "--out", str(run),
                  "--hidden-size", "8", "--batch-size", "4", "--num-steps", "5",
