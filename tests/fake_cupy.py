@@ -18,13 +18,28 @@ CuPy's semantics as the kernels here rely on them (cupy/_core/_kernel.pyx):
   shape, an empty loop runs nothing;
 * the generated file puts the typedefs, then the preamble, then the kernel, as CuPy.
 
-What this cannot prove: that NVRTC accepts the text, and GPU races (the CPU loop is
-sequential). Only a GPU run (``pytest -m gpu``) checks those.
+What this cannot prove: GPU races (the CPU loop is sequential) and the device's own
+arithmetic. That NVRTC accepts the text as CuPy assembles it is tested apart, with CuPy's
+own code generator and CUDA's compiler (``tests/test_nvrtc.py``), and that this double
+offers only what the real cupy has, as the real cupy has it, in ``tests/test_fake_cupy.py``.
 
-:func:`make_fake_cupy` returns ``cupy`` and ``cupyx`` modules whose arrays are NumPy
-arrays and whose ``ElementwiseKernel`` is :class:`CpuElementwiseKernel`: only what
-``zaremba_ref`` calls, so that a new call fails here loudly until it is added (after
-checking that CuPy has it).
+:func:`make_fake_cupy` returns ``cupy`` and ``cupyx`` modules whose arrays are
+:class:`ndarray`, a device array of its own type that keeps CuPy's host/device boundary
+(each rule below cites where CuPy enforces it, in CuPy 14.2.0's source):
+
+* ``numpy.asarray(device_array)`` raises CuPy's TypeError (``__array__``); ``.get()``
+  (and ``float()``, ``int()``, ``bool()`` of one element, which CuPy implements with
+  ``get()``) are the only ways back to the host;
+* arithmetic and ufuncs that mix a device array with a NumPy array raise TypeError;
+  Python and NumPy scalars are fine;
+* ``ElementwiseKernel`` refuses NumPy arrays as arguments (TypeError) and wants device
+  arrays for its outputs;
+* indexing converts host index arrays to the device, as CuPy does; assigning a NumPy
+  array through a basic index raises ValueError, through an integer-array index it is
+  copied to the device (CuPy's ``_scatter_op``).
+
+Only what ``zaremba_ref`` calls is offered, so that a new call fails here loudly until it
+is added (after checking that CuPy has it: ``tests/test_fake_cupy.py`` checks).
 """
 
 from __future__ import annotations
@@ -37,7 +52,7 @@ import subprocess
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -165,7 +180,7 @@ class CpuElementwiseKernel:
 
     def __init__(self, in_params: str, out_params: str, operation: str, name: str = "kernel",
                  reduce_dims: bool = True, preamble: str = "", no_return: bool = False,
-                 return_tuple: bool = False, *, builder: Builder):
+                 return_tuple: bool = False, *, builder: Builder, device: bool = False):
         if not name.isidentifier():
             raise ValueError(f"Invalid kernel name: {name!r}")
         self.in_params = parse_params(in_params, True)
@@ -176,7 +191,11 @@ class CpuElementwiseKernel:
         self.operation, self.name, self.preamble = operation, name, preamble
         self.no_return, self.return_tuple = no_return, return_tuple
         self.builder = builder
+        self.device = device      # the fake cupy's kernel: device arrays in and out
         self.calls = 0
+        # each call's arguments as CuPy's launcher would classify them, before it folds
+        # dimensions: ("array", dtype, ndim, C-contiguous) or ("scalar", Python type)
+        self.argument_kinds: set[tuple] = set()
 
     # -- CuPy's type rules (_decide_params_type_core) --------------------------------
     def _decide_types(self, in_args, out_args) -> dict[str, np.dtype]:
@@ -228,6 +247,35 @@ class CpuElementwiseKernel:
         if len(args) not in (nin, nargs):
             raise TypeError(f"Wrong number of arguments for {self.name!r}. It must be either "
                             f"{nin} or {nargs} (with outputs), but given {len(args)}.")
+        if not self.device:
+            return self._run(args, size)
+        # CuPy (_kernel.pyx, ElementwiseKernel.__call__ -> _preprocess_args ->
+        # _preprocess_arg): an argument that is not a device array becomes a
+        # _scalar.CScalar, whose __init__ (_scalar.pyx) raises "Unsupported type" for a
+        # NumPy array; an output that is not a device array fails in
+        # _get_out_args_with_params ("Output arguments type must be cupy.ndarray").
+        for k, a in enumerate(args):
+            if isinstance(a, np.ndarray):
+                raise TypeError(f"Unsupported type {type(a)} (argument {k} of "
+                                f"{self.name!r}: a NumPy array; the double, as CuPy, wants "
+                                "device arrays)")
+            if k >= nin and not isinstance(a, ndarray):
+                raise TypeError("Output arguments type must be cupy.ndarray")
+        self.argument_kinds.add(tuple(
+            ("array", a.dtype.name, a.ndim, a.flags.c_contiguous) if isinstance(a, ndarray)
+            else ("scalar", type(a).__name__) for a in args))
+        ret = self._run(tuple(a._a if isinstance(a, ndarray) else a for a in args), size)
+        if len(args) == nargs:            # the caller's outputs: give back the same objects
+            outs = args[nin:]
+            return None if ret is None else (
+                outs[0] if len(outs) == 1 and not self.return_tuple else tuple(outs))
+        if ret is None:
+            return None
+        return (tuple(ndarray._wrap(a) for a in ret) if isinstance(ret, tuple)
+                else ndarray._wrap(ret))
+
+    def _run(self, args: tuple, size: int):
+        nin = len(self.in_params)
         for a in args:
             if not (_is_array(a) or isinstance(a, (int, float, bool, np.generic))):
                 raise TypeError(f"{self.name}: unsupported argument type {type(a).__name__}")
@@ -288,32 +336,401 @@ class CpuElementwiseKernel:
         return ret
 
 
+# -- the device array -------------------------------------------------------------------
+#
+# CuPy 14.2.0's source, where each rule of the boundary lives (paths in github.com/cupy/cupy
+# at tag v14.2.0):
+#   cupy/_core/core.pyx        _ndarray_base.__array__ (TypeError "Implicit conversion to a
+#                              NumPy array is not allowed"), .get(), __int__/__float__
+#                              (get()), __nonzero__ (one element: get()), __add__ & co.
+#                              (another cupy array, else NumPy's ufunc, which comes back to
+#                              __array_ufunc__), __array_ufunc__ (dispatches to cupy's ufunc
+#                              with the NumPy arrays kept: "numpy.ndarray is handled and then
+#                              TypeError is raised due to implicit host-to-device
+#                              conversion"), __array_function__ (cupy's function of the same
+#                              name, or NotImplemented), fill() ("non-scalar numpy.ndarray
+#                              cannot be used for fill")
+#   cupy/_core/_kernel.pyx     _preprocess_arg: an argument that is not a cupy array becomes
+#                              a CScalar; cupy/_core/_scalar.pyx CScalar.__init__ raises
+#                              TypeError "Unsupported type <class 'numpy.ndarray'>" (ufuncs
+#                              and ElementwiseKernel alike)
+#   cupy/_core/_routines_indexing.pyx  _prepare_slice_list: list and NumPy index arrays are
+#                              converted to the device ("Convert list/NumPy/CUDA-Array-
+#                              Interface arrays to cupy.ndarray"); _scatter_op: through a
+#                              basic index a non-cupy value goes to fill() ("Refuse
+#                              assignment from CPU arrays, see gh-2079"), through an
+#                              integer-array index (_scatter_op_single) it is copied over.
+
+SCALARS = (bool, int, float, complex, np.generic)
+NOT_ALLOWED = ("Implicit conversion to a NumPy array is not allowed. "
+               "Please use `.get()` to construct a NumPy array explicitly.")
+
+
+def _device_operand(x: Any, what: str) -> Any:
+    """What a CuPy ufunc or kernel accepts: a device array (its memory) or a scalar."""
+    if isinstance(x, ndarray):
+        return x._a
+    if isinstance(x, SCALARS):
+        return x
+    # CScalar.__init__ (cupy/_core/_scalar.pyx): a NumPy array, a list, anything else
+    raise TypeError(f"Unsupported type {type(x)} ({what}: the double, as CuPy, takes device "
+                    "arrays and scalars only; move host arrays with cupy.asarray)")
+
+
+def _wrap_result(r: Any) -> Any:
+    if isinstance(r, tuple):
+        return tuple(_wrap_result(x) for x in r)
+    return ndarray._wrap(np.asarray(r))
+
+
+def _apply(fn: Callable, name: str, inputs: tuple, out: Any = None, **kwargs) -> Any:
+    """fn (a NumPy ufunc) on device operands; the result on the device."""
+    args = [_device_operand(x, f"input of {name}") for x in inputs]
+    if out is not None:
+        if not isinstance(out, ndarray):
+            raise TypeError(f"Unsupported type {type(out)} (out of {name}: the double, as "
+                            "CuPy, writes only into device arrays)")
+        fn(*args, out=out._a, **kwargs)
+        return out
+    return _wrap_result(fn(*args, **kwargs))
+
+
+# Host arrays that CuPy accepts and copies to the device on the way (index arrays, values
+# assigned through them): legal, but each is a synchronous copy, so the tests count them.
+HOST_TO_DEVICE: list[str] = []
+
+
+def _device_index(index: Any) -> Any:
+    """CuPy's _prepare_slice_list: device index arrays as they are, host ones (NumPy
+    arrays, lists) converted to the device (counted in HOST_TO_DEVICE); ints, slices,
+    None, Ellipsis kept."""
+    items = index if isinstance(index, tuple) else (index,)
+    out = []
+    for s in items:
+        if isinstance(s, ndarray):
+            s = s._a
+        elif isinstance(s, (list, np.ndarray)):
+            HOST_TO_DEVICE.append(f"index {type(s).__name__} {np.shape(s)}")
+            s = np.array(s)                                  # a copy: now on the device
+        out.append(s)
+    return tuple(out)
+
+
+def _is_advanced(index: tuple) -> bool:
+    return any(isinstance(s, np.ndarray) or (isinstance(s, (bool, np.bool_))) for s in index)
+
+
+class _Flags(NamedTuple):
+    c_contiguous: bool
+    f_contiguous: bool
+    owndata: bool
+
+
+class ndarray:  # noqa: N801  (cupy's name)
+    """The double's device array. Its memory is a NumPy array that nothing outside this
+    module may see: the boundary rules of CuPy (above) hold for it. Views share memory,
+    as on the device."""
+
+    __array_priority__ = 100            # as cupy.ndarray
+
+    def __init__(self, shape, dtype=float, memptr=None, strides=None, order="C"):
+        self._a = np.empty(shape, dtype=dtype, order=order)
+
+    @classmethod
+    def _wrap(cls, a: np.ndarray) -> "ndarray":
+        obj = cls.__new__(cls)
+        obj._a = a
+        return obj
+
+    # -- the only way out, and the conversions CuPy implements with it ------------------
+    def get(self, stream=None, order="C", out=None, blocking=True) -> np.ndarray:
+        if out is not None:
+            np.copyto(out, self._a)
+            return out
+        return np.array(self._a, order=order, copy=True)
+
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError(NOT_ALLOWED)
+
+    def __float__(self):
+        return float(self.get())
+
+    def __int__(self):
+        return int(self.get())
+
+    def __bool__(self):
+        if self.size != 1:
+            raise ValueError("The truth value of an array with more than one element is "
+                             "ambiguous.")
+        return bool(self.get())
+
+    def __len__(self):
+        if self.ndim == 0:
+            raise TypeError("len() of unsized object")
+        return self.shape[0]
+
+    def __iter__(self):
+        if self.ndim == 0:
+            raise TypeError("iteration over a 0-d array")
+        return (self[i] for i in range(self.shape[0]))
+
+    def __repr__(self):
+        return f"fake_cupy.ndarray({self._a!r})"
+
+    # -- attributes ------------------------------------------------------------------
+    shape = property(lambda self: self._a.shape)
+    dtype = property(lambda self: self._a.dtype)
+    size = property(lambda self: self._a.size)
+    ndim = property(lambda self: self._a.ndim)
+    strides = property(lambda self: self._a.strides)
+    itemsize = property(lambda self: self._a.itemsize)
+    nbytes = property(lambda self: self._a.nbytes)
+    flags = property(lambda self: _Flags(self._a.flags.c_contiguous,
+                                         self._a.flags.f_contiguous, self._a.flags.owndata))
+    T = property(lambda self: ndarray._wrap(self._a.T))
+
+    # -- views, copies, reductions (device in, device out) -------------------------------
+    def reshape(self, *shape, order="C", copy=None):
+        return ndarray._wrap(self._a.reshape(*shape, order=order))
+
+    def transpose(self, *axes):
+        return ndarray._wrap(self._a.transpose(*axes))
+
+    def ravel(self, order="C"):
+        return ndarray._wrap(self._a.ravel(order))
+
+    def copy(self, order="C"):
+        return ndarray._wrap(self._a.copy(order))
+
+    def astype(self, dtype, order="K", casting=None, subok=None, copy=True):
+        return ndarray._wrap(self._a.astype(dtype, order=order, copy=copy))
+
+    def fill(self, value):
+        if isinstance(value, np.ndarray) and value.shape != ():
+            raise ValueError("non-scalar numpy.ndarray cannot be used for fill")
+        if isinstance(value, ndarray):
+            value = value._a
+        self._a.fill(value)
+
+    def _reduce(self, fn, axis, out, keepdims, **kwargs):
+        if out is not None:
+            raise NotImplementedError("out= of a reduction: not used by zaremba_ref")
+        return _wrap_result(fn(self._a, axis=axis, keepdims=keepdims, **kwargs))
+
+    def max(self, axis=None, out=None, keepdims=False):
+        return self._reduce(np.max, axis, out, keepdims)
+
+    def min(self, axis=None, out=None, keepdims=False):
+        return self._reduce(np.min, axis, out, keepdims)
+
+    def sum(self, axis=None, dtype=None, out=None, keepdims=False):
+        return self._reduce(np.sum, axis, out, keepdims, dtype=dtype)
+
+    def mean(self, axis=None, dtype=None, out=None, keepdims=False):
+        return self._reduce(np.mean, axis, out, keepdims, dtype=dtype)
+
+    def all(self, axis=None, out=None, keepdims=False):
+        return self._reduce(np.all, axis, out, keepdims)
+
+    # -- indexing ----------------------------------------------------------------------
+    def __getitem__(self, index):
+        idx = _device_index(index)
+        r = self._a[idx]
+        if not isinstance(r, np.ndarray):            # one element: CuPy gives a 0-d view
+            r = self._a[idx + (Ellipsis,)]
+        return ndarray._wrap(r)
+
+    def __setitem__(self, index, value):
+        idx = _device_index(index)
+        if isinstance(value, np.ndarray) and value.shape != () and not _is_advanced(idx):
+            raise ValueError("non-scalar numpy.ndarray cannot be used for fill")
+        if isinstance(value, np.ndarray):
+            HOST_TO_DEVICE.append(f"value {value.shape} assigned through an index array")
+        self._a[idx] = value._a if isinstance(value, ndarray) else value
+
+    def scatter_add(self, slices, value):
+        """cupyx.scatter_add(a, ...) calls this (cupyx/_scatter.py)."""
+        if isinstance(value, np.ndarray):
+            HOST_TO_DEVICE.append(f"scatter_add value {value.shape}")   # copied over
+        value = value._a if isinstance(value, ndarray) else value
+        np.add.at(self._a, _device_index(slices), value)
+
+    # -- arithmetic: device arrays and scalars only --------------------------------------
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        if method != "__call__":
+            return NotImplemented
+        out = kwargs.pop("out", None)
+        if out is not None:
+            (out,) = out
+        return _apply(ufunc, ufunc.__name__, inputs, out, **kwargs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        # CuPy dispatches a NumPy function to cupy's function of the same name, if any;
+        # the double offers none, so NumPy raises TypeError ("no implementation found")
+        return NotImplemented
+
+    def _binary(ufunc, name, reflected=False):  # noqa: N805  (builds methods)
+        def op(self, other):
+            return _apply(ufunc, name, (other, self) if reflected else (self, other))
+        return op
+
+    def _inplace(ufunc, name):  # noqa: N805
+        def op(self, other):
+            return _apply(ufunc, name, (self, other), out=self)
+        return op
+
+    __add__, __radd__, __iadd__ = (_binary(np.add, "+"), _binary(np.add, "+", True),
+                                   _inplace(np.add, "+="))
+    __sub__, __rsub__, __isub__ = (_binary(np.subtract, "-"), _binary(np.subtract, "-", True),
+                                   _inplace(np.subtract, "-="))
+    __mul__, __rmul__, __imul__ = (_binary(np.multiply, "*"), _binary(np.multiply, "*", True),
+                                   _inplace(np.multiply, "*="))
+    __truediv__, __rtruediv__, __itruediv__ = (
+        _binary(np.true_divide, "/"), _binary(np.true_divide, "/", True),
+        _inplace(np.true_divide, "/="))
+    __matmul__, __rmatmul__ = _binary(np.matmul, "@"), _binary(np.matmul, "@", True)
+    __pow__ = _binary(np.power, "**")
+    __ge__, __gt__ = _binary(np.greater_equal, ">="), _binary(np.greater, ">")
+    __le__, __lt__ = _binary(np.less_equal, "<="), _binary(np.less, "<")
+    __eq__, __ne__ = _binary(np.equal, "=="), _binary(np.not_equal, "!=")
+    __hash__ = None
+    del _binary, _inplace
+
+    def __neg__(self):
+        return ndarray._wrap(-self._a)
+
+
+def _ufunc(np_ufunc):
+    """A cupy ufunc: device arrays and scalars in, a device array out."""
+    def ufunc(x, /, out=None, *, casting="same_kind", dtype=None):
+        return _apply(np_ufunc, np_ufunc.__name__, (x,), out, casting=casting, dtype=dtype)
+    ufunc.__name__ = np_ufunc.__name__
+    return ufunc
+
+
+def asarray(a, dtype=None, order=None, *, copy=None, blocking=False):
+    """A device array as it is (or cast); anything else copied from the host."""
+    if isinstance(a, ndarray):
+        return a if dtype is None or np.dtype(dtype) == a.dtype else a.astype(dtype)
+    return ndarray._wrap(np.array(a, dtype=dtype, order=order or "K", copy=True))
+
+
+def array(obj, dtype=None, copy=True, order="K", subok=False, ndmin=0, *, blocking=False):
+    if isinstance(obj, ndarray):
+        obj = obj._a
+    return ndarray._wrap(np.array(obj, dtype=dtype, copy=True, order=order, ndmin=ndmin))
+
+
+def empty(shape, dtype=float, order="C"):
+    return ndarray._wrap(np.empty(shape, dtype, order))
+
+
+def zeros(shape, dtype=float, order="C"):
+    return ndarray._wrap(np.zeros(shape, dtype, order))
+
+
+def ones(shape, dtype=float, order="C"):
+    return ndarray._wrap(np.ones(shape, dtype, order))
+
+
+# CuPy reads only a prototype's dtype, flags and shape (cupy/_creation/basic.py,
+# _new_like_order_and_strides): a host prototype is allowed, as here.
+def empty_like(prototype, dtype=None, order="K", subok=None, shape=None):
+    proto = prototype._a if isinstance(prototype, ndarray) else prototype
+    return ndarray._wrap(np.empty_like(proto, dtype=dtype, order=order, shape=shape))
+
+
+def zeros_like(a, dtype=None, order="K", subok=None, shape=None):
+    proto = a._a if isinstance(a, ndarray) else a
+    return ndarray._wrap(np.zeros_like(proto, dtype=dtype, order=order, shape=shape))
+
+
+def arange(start, stop=None, step=1, dtype=None):
+    return ndarray._wrap(np.arange(start, stop, step, dtype=dtype))
+
+
+def vdot(a, b):
+    return _apply(np.vdot, "vdot", (a, b))
+
+
+def matmul(x1, x2, /, out=None):
+    """cupy.matmul (benchmarks/bench.py's GEMM floor writes into ``out``)."""
+    return _apply(np.matmul, "matmul", (x1, x2), out)
+
+
+class FakeStream:
+    """cupy.cuda.Stream: the double runs everything in order, so synchronizing is free."""
+
+    def synchronize(self):
+        pass
+
+
+def get_current_stream(device_id=-1):
+    return FakeStream()
+
+
+def scatter_add(a, slices, value):
+    """cupyx.scatter_add: ``a.scatter_add(slices, value)`` (cupyx/_scatter.py), so ``a``
+    must be a device array; repeated indices accumulate."""
+    a.scatter_add(slices, value)
+
+
+MODULE_FUNCTIONS = {f.__name__: f for f in (asarray, array, empty, empty_like, zeros,
+                                            zeros_like, ones, arange, vdot, matmul)}
+CUDA_FUNCTIONS = {"get_current_stream": get_current_stream}   # cupy.cuda.<name>
+STREAM_METHODS = ("synchronize",)
+UFUNCS = {name: _ufunc(getattr(np, name)) for name in ("exp", "log", "isfinite")}
+CUPYX_FUNCTIONS = {"scatter_add": scatter_add}
+GENERATOR_METHODS = ("random",)
+# The ndarray methods and attributes zaremba_ref uses (the double offers no other public one)
+NDARRAY_METHODS = ("get", "reshape", "transpose", "ravel", "copy", "astype", "fill", "max",
+                   "min", "sum", "mean", "all", "scatter_add")
+NDARRAY_ATTRIBUTES = ("shape", "dtype", "size", "ndim", "strides", "itemsize", "nbytes",
+                      "flags", "T")
+DTYPES = ("dtype", "float32", "float64", "int32", "int64")
+
+
 class FakeGenerator:
     """What zaremba_ref uses of ``cupy.random.Generator``, drawing NumPy's numbers (so a
-    seed gives the masks of the CPU path). As in CuPy, ``bit_generator.state`` is a
+    seed gives the masks of the CPU path) onto the device, as CuPy's ``random`` returns
+    a device array (cupy/random/_generator_api.pyx, ``Generator.random``). As in CuPy,
+    the seed is anything ``numpy.random.SeedSequence`` takes (cupy/random/
+    _bit_generator.pyx, ``BitGenerator.__init__``), and ``bit_generator.state`` is a
     method (it returns the device pointer of cuRAND's state), not NumPy's dict."""
 
     def __init__(self, seed=None):
-        self._numpy = np.random.default_rng(seed)
+        self._numpy = np.random.default_rng(np.random.SeedSequence(seed))
         self.bit_generator = types.SimpleNamespace(state=lambda: 0)
 
     def random(self, size=None, dtype=np.float64, out=None):
-        return self._numpy.random(size, dtype=dtype, out=out)
+        if out is not None and not isinstance(out, ndarray):
+            raise TypeError("out must be a cupy.ndarray")
+        a = self._numpy.random(size, dtype=dtype)
+        if out is None:
+            return ndarray._wrap(np.asarray(a))
+        out[...] = ndarray._wrap(np.asarray(a))
+        return out
 
 
 def make_fake_cupy(builder: Builder, device_count: int | Exception = 1):
-    """``(cupy, cupyx)`` stand-ins: NumPy arrays, CPU-compiled ElementwiseKernels.
+    """``(cupy, cupyx)`` stand-ins: device arrays that keep CuPy's host/device boundary,
+    CPU-compiled ElementwiseKernels.
 
     ``device_count``: what ``cupy.cuda.runtime.getDeviceCount()`` returns, or an
-    exception it raises (no driver). ``cupy.kernels`` lists every kernel built.
+    exception it raises (no driver). ``cupy.kernels`` lists every kernel built,
+    ``cupy.host_to_device`` every host array that CuPy would copy over implicitly.
     """
     cupy = types.ModuleType("cupy")
     cupy.__doc__ = "A test double of cupy (tests/fake_cupy.py)."
-    # Exactly what zaremba_ref calls on backend.xp; each exists in CuPy with these semantics.
-    for name in ("ndarray", "dtype", "float32", "float64", "int32", "int64",
-                 "asarray", "array", "empty", "empty_like", "zeros", "zeros_like", "ones",
-                 "arange", "exp", "log", "isfinite", "vdot"):
+    HOST_TO_DEVICE.clear()
+    cupy.host_to_device = HOST_TO_DEVICE     # the implicit copies CuPy would make
+    # Exactly what zaremba_ref calls on backend.xp; tests/test_fake_cupy.py holds each one
+    # against the real cupy.
+    cupy.ndarray = ndarray
+    for name in DTYPES:
         setattr(cupy, name, getattr(np, name))
+    for name, fn in {**MODULE_FUNCTIONS, **UFUNCS}.items():
+        setattr(cupy, name, fn)
     cupy.random = types.SimpleNamespace(default_rng=FakeGenerator)
 
     def get_device_count() -> int:
@@ -322,11 +739,11 @@ def make_fake_cupy(builder: Builder, device_count: int | Exception = 1):
         return device_count
 
     cupy.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(
-        getDeviceCount=get_device_count))
+        getDeviceCount=get_device_count), **CUDA_FUNCTIONS)
     cupy.kernels = []
 
     def elementwise_kernel(*args, **kwargs) -> CpuElementwiseKernel:
-        kernel = CpuElementwiseKernel(*args, builder=builder, **kwargs)
+        kernel = CpuElementwiseKernel(*args, builder=builder, device=True, **kwargs)
         cupy.kernels.append(kernel)
         return kernel
 
@@ -339,7 +756,7 @@ def make_fake_cupy(builder: Builder, device_count: int | Exception = 1):
     cupy.__getattr__ = missing
 
     cupyx = types.ModuleType("cupyx")
-    cupyx.scatter_add = np.add.at         # cupyx.scatter_add behaves as numpy.add.at
+    cupyx.scatter_add = scatter_add
     cupyx.__getattr__ = missing
     return cupy, cupyx
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import write_toy_corpus
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
 TINY = ["--config", "small", "--hidden-size", "16", "--num-steps", "5", "--batch-size", "4",
@@ -95,3 +99,58 @@ def test_memory_script_reports_params_peak_and_rss_per_step():
     out = proc.stdout
     assert out.startswith("small: params 17.8 MiB; peak extra during one step"), out
     assert "RSS after steps 1..3: [" in out and "peak RSS" in out
+
+
+# -- benchmarks/gpu_check.sh, the one command for a GPU machine, smoke-tested on the CPU --
+
+GPU_CHECK = SCRIPT.with_name("gpu_check.sh")
+PARTS = ["0_environment", "1_pytest_gpu", "2_bench_small", "2_bench_medium", "2_bench_large",
+         "3_small_run"]
+
+
+def gpu_check(*args, timeout=600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHON=sys.executable)
+    return subprocess.run(["bash", str(GPU_CHECK), *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def summary_rows(stdout: str) -> dict[str, list[str]]:
+    table = stdout[stdout.index("## gpu_check summary"):]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in table.splitlines()
+            if line.startswith("| ") and not line.startswith("| part")]
+    return {r[0]: r[1:] for r in rows}
+
+
+def test_gpu_check_dry_run_runs_every_part_and_ends_with_the_summary(tmp_path):
+    data = write_toy_corpus(tmp_path / "toy")
+    out = tmp_path / "check"
+    proc = gpu_check("--dry-run", "--data-dir", data, "--out", out)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    rows = summary_rows(proc.stdout)
+    assert list(rows) == PARTS
+    for part, (status, seconds, limit, result) in rows.items():
+        assert status == "ok" and 0 <= int(seconds) <= int(limit), (part, status)
+        assert (out / f"{part}.log").exists()
+    assert "skipped" in rows["1_pytest_gpu"][3]            # no device: the GPU tests skip
+    for preset in ("small", "medium", "large"):
+        assert re.match(r"ours [\d,]+ w/s, torch - w/s, .*\(torch: --no-torch\)$",
+                        rows[f"2_bench_{preset}"][3])
+    assert re.match(r"1 epochs, valid [\d.]+, test [\d.]+, ", rows["3_small_run"][3])
+    assert (out / "small_run" / "metrics.jsonl").exists()
+    assert "## gpu_check summary" in (out / "summary.md").read_text()
+
+
+def test_gpu_check_reports_a_failed_part_and_exits_1(tmp_path):
+    data = write_toy_corpus(tmp_path / "toy")
+    (data / "ptb.valid.txt").unlink()                      # the small run cannot load it
+    proc = gpu_check("--dry-run", "--data-dir", data, "--out", tmp_path / "check")
+    assert proc.returncode == 1, proc.stdout[-4000:]
+    rows = summary_rows(proc.stdout)
+    assert rows["3_small_run"][0] == "FAILED (rc 2)" and rows["2_bench_large"][0] == "ok"
+
+
+def test_gpu_check_usage_errors_exit_2(tmp_path):
+    for args in ([], ["--data-dir", tmp_path], ["--data-dir"], ["--bogus"]):
+        proc = gpu_check(*args, timeout=60)
+        assert proc.returncode == 2 and proc.stdout == "", (args, proc.stdout)
+        assert len(proc.stderr.strip().splitlines()) <= 2, proc.stderr

@@ -1,16 +1,19 @@
 """The GPU backend (cuda_backend.py): its code path, its errors, and (with -m gpu) CuPy.
 
 Without a GPU, a test double of ``cupy`` (tests/fake_cupy.py) is put into
-``sys.modules`` for one test at a time: its arrays are NumPy arrays and its
-``ElementwiseKernel`` compiles the real kernel text for the CPU. Through it, a whole
-training step on the GPU code path must give what the NumPy path gives, to 1e-12 in
-float64. The test marked ``gpu`` repeats the comparison with the real CuPy on a device.
+``sys.modules`` for one test at a time: its arrays are a device type of their own that
+refuses what CuPy refuses at the host/device boundary, and its ``ElementwiseKernel``
+compiles the real kernel text for the CPU. Through it, a whole training step on the GPU
+code path must give what the NumPy path gives, to 1e-12 in float64, and every command
+(train, resume, evaluate, ensemble, sample) and the benchmark must run. The test marked
+``gpu`` repeats the comparison with the real CuPy on a device.
 """
 
 from __future__ import annotations
 
 import inspect
 import io
+import json
 import sys
 
 import numpy as np
@@ -25,6 +28,7 @@ from zaremba_ref.cuda_backend import make_gpu_backend
 from zaremba_ref.optim import sgd_step
 from zaremba_ref.train import train, train_step
 
+from conftest import skip_or_fail
 from fake_cupy import make_fake_cupy
 
 KERNELS = ("lstm_cell_forward", "lstm_cell_backward", "dropout", "softmax_cross_entropy_grad",
@@ -86,10 +90,10 @@ def test_wrappers_have_the_twins_signatures_and_build_each_kernel_once(fake_cupy
                 == list(inspect.signature(getattr(kernels, name)).parameters)), name
     assert fake_cupy.kernels == []                                   # nothing built yet
     B, H = 2, 3
-    x, mask = np.ones((B, H)), np.full((B, H), 2.0)
+    x, mask = gpu.asarray(np.ones((B, H))), gpu.asarray(np.full((B, H), 2.0))
     for _ in range(3):
-        out = gpu.dropout(x, mask, out=np.empty((B, H)))            # as lstm.py calls it
-    np.testing.assert_array_equal(out, 2.0)
+        out = gpu.dropout(x, mask, out=gpu.xp.empty((B, H)))        # as lstm.py calls it
+    np.testing.assert_array_equal(out.get(), 2.0)
     assert [k.name for k in fake_cupy.kernels] == ["dropout"] and fake_cupy.kernels[0].calls == 3
     assert make_gpu_backend().dropout(x, mask, out=out) is out      # still one kernel
     assert len(fake_cupy.kernels) == 1
@@ -142,7 +146,8 @@ def test_evaluation_on_the_gpu_path_matches_numpy(fake_cupy):
                                  [(gpu.asarray(h), gpu.asarray(c)) for h, c in state],
                                  backend=gpu)
     assert got == pytest.approx(want, rel=1e-12)
-    np.testing.assert_allclose(np.array(got_state), np.array(want_state), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose([[gpu.to_numpy(a) for a in pair] for pair in got_state],
+                               np.array(want_state), rtol=1e-12, atol=1e-12)
 
 
 def test_training_on_the_gpu_path_saves_a_checkpoint(fake_cupy, toy_data, tmp_path):
@@ -154,6 +159,117 @@ def test_training_on_the_gpu_path_saves_a_checkpoint(fake_cupy, toy_data, tmp_pa
     assert summary["status"] == "max_steps" and (tmp_path / "run" / "checkpoint.npz").exists()
 
 
+# -- the whole GPU code path under the boundary-keeping double ----------------------------
+#
+# The double's arrays are a device type of their own (tests/fake_cupy.py): a NumPy array
+# that reaches a kernel, a ufunc or arithmetic with a device array, or a device array that
+# reaches numpy.asarray, raises as it would with CuPy. Every command of the GPU path runs
+# here in every dropout mode; DROPOUT_MODES follows dropout.MODES, so a new mode is covered
+# as soon as draw_masks accepts it.
+
+DROPOUT_MODES = tuple(z.dropout.MODES)
+TINY = ["--config", "small", "--num-layers", "2", "--hidden-size", "8", "--num-steps", "5",
+        "--batch-size", "4", "--max-epoch", "1", "--seed", "3"]
+
+
+def run_cli(capsys, *argv) -> str:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out
+
+
+@pytest.mark.parametrize("mode", DROPOUT_MODES)
+def test_the_whole_gpu_path_keeps_the_host_device_boundary(fake_cupy, toy_data, tmp_path,
+                                                            capsys, mode):
+    """Train (every step of an epoch, validation, the batch-1 test pass), checkpoint on
+    the way, resume from it onto the device, evaluate, average an ensemble, sample: all
+    with --device gpu through the double, and the GPU path's numbers equal the CPU's."""
+    data = ["--data-dir", toy_data, "--no-verify-data"]
+    run = tmp_path / "run"
+    common = ["train", *TINY, *data, "--mode", mode, "--dropout", "0.3", "--device", "gpu",
+              "--out", run, "--save-every", "7"]
+    run_cli(capsys, *common, "--max-steps", "12")                   # stops mid-epoch, saved
+    assert (run / "checkpoint.npz").exists()
+    out = run_cli(capsys, *common, "--resume")                      # onto the device, on
+    summary = json.loads(out.splitlines()[-1].removeprefix("summary "))
+    assert summary["status"] == "done" and summary["test_ppl"] > 1
+    kernels_run = {k.name for k in fake_cupy.kernels}
+    assert kernels_run >= {"lstm_cell_forward", "lstm_cell_backward", "sgd_update",
+                           "softmax_cross_entropy_grad"}
+
+    gpu = [json.loads(line) for line in run_cli(
+        capsys, "evaluate", run, *data, "--device", "gpu").splitlines()]
+    cpu = [json.loads(line) for line in run_cli(
+        capsys, "evaluate", run, *data, "--device", "cpu").splitlines()]
+    assert gpu[0]["valid_ppl"] == pytest.approx(cpu[0]["valid_ppl"], rel=1e-5)
+    assert gpu[0]["test_ppl"] == pytest.approx(summary["test_ppl"], rel=1e-5)
+    ensemble = [json.loads(line) for line in run_cli(
+        capsys, "evaluate", run, run, *data, "--device", "gpu", "--ensemble",
+        "--split", "valid").splitlines()]
+    assert ensemble[-1]["valid_ppl"] == pytest.approx(cpu[0]["valid_ppl"], rel=1e-5)
+    words = run_cli(capsys, "sample", run, "--words", "7", "--device", "gpu").split()
+    # No host array was indexed with or copied over implicitly (CuPy allows those, each a
+    # synchronous copy): every array reached the device through backend.asarray.
+    assert fake_cupy.host_to_device == []
+    assert words == run_cli(capsys, "sample", run, "--words", "7", "--device", "cpu").split()
+    check_kinds_are_compiled_by_test_nvrtc(fake_cupy.kernels)     # evaluation's too
+
+
+def check_kinds_are_compiled_by_test_nvrtc(kernels_built) -> int:
+    """Every argument the backend passed to a kernel is of a kind tests/test_nvrtc.py
+    compiles: arrays of at most 3 dimensions (folded or not), raw arrays C-contiguous with
+    the dimensions it assumes, Python scalars where it assumes scalars, its dtypes."""
+    import test_nvrtc as nv
+    from fake_cupy import parse_params
+    checked = 0
+    for k in kernels_built:
+        spec = kernels.CUDA_KERNELS[k.name]
+        params = parse_params(spec.in_params, True) + parse_params(spec.out_params, False)
+        for call in k.argument_kinds:
+            for p, kind in zip(params, call):
+                where = f"{k.name}: {p.name} passed as {kind}"
+                if not p.raw and nv.is_scalar(spec, p.name):
+                    assert kind[0] == "scalar", where
+                    continue
+                assert kind[0] == "array" and kind[1] in {np.dtype(t).name for t in
+                                                          nv.FLOATS + nv.INTS}, where
+                if p.raw:
+                    assert kind[2:] == (nv.RAW_NDIM[p.name], True), where
+                else:
+                    assert 1 <= kind[2] <= 3, where
+            checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_kernels_get_only_arguments_test_nvrtc_compiles(fake_cupy, dtype):
+    """A training step in every mode, float32 and float64 (the whole-path test checks the
+    commands' calls too)."""
+    for mode in DROPOUT_MODES:
+        run_case(make_gpu_backend(), mode, make_case(mode), dtype=dtype)
+    assert {k.name for k in fake_cupy.kernels} == set(kernels.CUDA_KERNELS)
+    assert check_kinds_are_compiled_by_test_nvrtc(fake_cupy.kernels) >= len(kernels.CUDA_KERNELS)
+
+
+def test_the_benchmark_gpu_path_keeps_the_boundary(fake_cupy):
+    """benchmarks/bench.py --device gpu (a part of gpu_check.sh) under the double: its
+    GEMM floor (matmul into preallocated outputs), the stream synchronisation, our train
+    and eval steps on device windows."""
+    import importlib.util
+    from conftest import REPO
+    from zaremba_ref.config import PRESETS
+    spec = importlib.util.spec_from_file_location("bench", REPO / "benchmarks" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = bench.parse_args(["--device", "gpu", "--steps", "1", "--repeats", "1",
+                             "--warmup", "1", "--settle", "0", "--no-torch"])
+    cfg = PRESETS["medium"].replace(hidden_size=8, num_steps=3, batch_size=2, vocab_size=30)
+    res = bench.bench(cfg, args, make_gpu_backend(), threads=1)
+    assert res["words_per_sec"] > 0 and res["gemm_floor_words_per_sec"] > 0
+    assert fake_cupy.host_to_device == []
+
+
 # -- the errors: one line, what to install or check ---------------------------------------
 
 def test_without_cupy_the_message_says_what_to_install(monkeypatch):
@@ -162,8 +278,51 @@ def test_without_cupy_the_message_says_what_to_install(monkeypatch):
         get_backend("gpu")
     msg = str(err.value)
     assert "\n" not in msg and "not installed" in msg
-    for part in ('pip install "zaremba_ref[gpu]"', "cupy-cuda12x", "cupy-cuda11x"):
+    for part in ('pip install -e ".[gpu]"', "cupy-cuda12x", "pip install cupy-cuda13x"):
         assert part in msg
+
+
+def test_with_the_real_cupy_but_no_device_the_error_is_one_line(monkeypatch, tmp_path,
+                                                                  capsys):
+    """cupy imports (pip install works without a GPU) but no driver or device answers:
+    the real CuPy's error, on one line, and exit code 2 from the command line."""
+    try:
+        import cupy
+    except ImportError as e:
+        skip_or_fail(f"cupy is not installed ({e}): pip install -e \".[gpu-compile]\"")
+    try:
+        usable = cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        usable = False
+    if usable:
+        pytest.skip("a CUDA device is usable here: --device gpu works")
+    with pytest.raises(BackendUnavailable) as err:
+        get_backend("gpu")
+    msg = str(err.value)
+    assert "\n" not in msg and "--device cpu" in msg, msg
+    assert "cupy is installed but CUDA is not usable" in msg or "no CUDA device" in msg, msg
+    code = main(["train", "--device", "gpu", "--max-steps", "1", "--out", str(tmp_path / "r")])
+    out, err_text = capsys.readouterr()
+    assert code == 2 and out == "" and err_text.count("\n") == 1, err_text
+
+
+def test_a_cupy_that_fails_to_import_is_one_line(monkeypatch):
+    """Installed but broken (CuPy's import errors span lines): one line, not 'not installed'."""
+    import importlib.machinery
+    import types
+    broken = types.ModuleType("cupy")
+    broken.__spec__ = importlib.machinery.ModuleSpec("cupy", None)
+
+    def fail(name):
+        raise ImportError("CuPy failed to load libnvrtc.so.12\n  OSError: no such file")
+    broken.__getattr__ = fail
+    monkeypatch.setitem(sys.modules, "cupy", broken)
+    monkeypatch.setitem(sys.modules, "cupyx", None)               # import cupyx fails
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: broken.__spec__)
+    with pytest.raises(BackendUnavailable) as err:
+        make_gpu_backend()
+    msg = str(err.value)
+    assert "\n" not in msg and "does not import" in msg and "--device cpu" in msg, msg
 
 
 @pytest.mark.parametrize("count, words", [(0, "no CUDA device is visible"),

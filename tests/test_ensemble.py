@@ -116,4 +116,5 @@ def test_cli_evaluate_ensemble(tmp_path, capsys):
     # without --ensemble: the old behaviour, one line per run
     assert main(["evaluate", runs[0][0], "--split", "valid", "--data-dir", str(tmp_path),
                  "--no-verify-data"]) == 0
-    assert list(json.loads(capsys.readouterr().out)) == ["run", "valid_ppl"]
+    assert list(json.loads(capsys.readouterr().out)) == ["run", "valid_ppl",
+                                                         "valid_ppl_torch7_formula"]

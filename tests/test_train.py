@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import signal
 import subprocess
@@ -220,10 +221,13 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(toy_data, tmp_pat
     (["--device", "gpu"], "--device gpu"),
 ])
 def test_bad_command_lines_give_one_line_errors(toy_data, tmp_path, capsys, args, message):
-    if args[0] == "--device":
-        import importlib.util  # the GPU error path needs a machine without cupy
-        if importlib.util.find_spec("cupy") is not None:
-            pytest.skip("cupy is installed here: --device gpu may work")
+    if args[0] == "--device":  # the GPU error path needs a machine where the GPU is unusable
+        from zaremba_ref import BackendUnavailable, get_backend
+        try:
+            get_backend("gpu")
+            pytest.skip("a CUDA device is usable here: --device gpu works")
+        except BackendUnavailable:
+            pass                      # no cupy, or cupy without a driver or device
     assert main(_train_args(toy_data, tmp_path / "run", *args)) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
@@ -284,3 +288,40 @@ def test_small_preset_first_epoch_on_real_ptb(ptb_dir, tmp_path):
     config = PRESETS["small"].replace(max_epoch=1)
     summary = train(config, corpus, tmp_path / "run", out=io.StringIO())
     assert summary["valid_ppl"] < 190 and summary["test_ppl"] < 185
+
+
+def test_torch7_formula_is_main_lua_run_valid_line_by_line(toy_data):
+    """main.lua's run_valid: len = (N - 1) / T without rounding down, the loop over the
+    full windows (for i = 1, len), each fp the mean over T steps of the batch-mean NLL,
+    then exp(perp / len). Ours counts every word, the shorter last window too."""
+    from zaremba_ref.data import batchify
+    from zaremba_ref.model import init_params, loss_only, zero_state
+    from zaremba_ref.train import evaluation_nll, torch7_perplexity
+    corpus = _corpus(toy_data)
+    params = init_params(corpus.vocab_size, 8, 2, 0.3, seed=1, dtype=np.float64)
+    B, T = 4, 7
+    data = batchify(corpus.valid, B)
+    N = data.shape[1]
+    assert (N - 1) % T != 0                                   # a shorter last window exists
+    length = (N - 1) / T                                      # Lua's "/" is float division
+    perp, state = 0.0, zero_state(params, B)
+    for i in range(int(length)):                              # for i = 1, len
+        x, y = data[:, i * T:(i + 1) * T], data[:, i * T + 1:(i + 1) * T + 1]
+        loss, state = loss_only(params, x, y, state)          # mean over T and B
+        perp += loss
+    expected = math.exp(perp / length)
+    full, tail, count = evaluation_nll(params, corpus.valid, B, T)
+    assert count == B * (N - 1) and tail > 0
+    assert torch7_perplexity(full, count) == pytest.approx(expected, rel=1e-12)
+    assert torch7_perplexity(full, count) < evaluate(params, corpus.valid, B, T)
+    assert evaluate(params, corpus.valid, B, T) == pytest.approx(math.exp((full + tail) / count))
+
+
+def test_evaluate_command_prints_the_torch7_formula_beside_ours(toy_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(_train_args(toy_data, run, "--max-steps", "4")) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--split", "valid", "--data-dir", str(toy_data),
+                 "--no-verify-data"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 1 < result["valid_ppl_torch7_formula"] <= result["valid_ppl"]

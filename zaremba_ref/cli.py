@@ -1,4 +1,5 @@
-"""Command line: ``python -m zaremba_ref {train,evaluate,sample,trace,compare} ...``.
+"""Command line: ``python -m zaremba_ref COMMAND ...``, COMMAND one of train, evaluate,
+sample, trace, compare, check-impl, plot, ensemble (train), sweep.
 
 Every expected failure (missing data, a bad checksum, a corrupt or mismatched
 checkpoint, a bad argument, no GPU, an unreadable trace) ends in one line on stderr
@@ -21,6 +22,7 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .config import FIELD_RULES, HELP, PRESETS, Config
 from .data import DataError, load_ptb
 from .rules import SEED, TEXT, ArgumentParser, add_option, count, one_of, print_error, real
+from .testing import LAYOUTS, MODES, TOLERANCE, cli_check_impl
 
 EXIT_SIGNAL = {2: 130, 15: 143}   # SIGINT, SIGTERM -> the shell's usual exit codes
 
@@ -139,6 +141,44 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(c, "b", TEXT, metavar="B.npz")
     add_option(c, "--rtol", real(0), default=1e-7, help="(default: 1e-7)")
     add_option(c, "--atol", real(0), default=1e-9, help="(default: 1e-9)")
+
+    k = sub.add_parser(
+        "check-impl", help="check your own LSTM language model against the reference",
+        description="Draw cases (Hypothesis) and compare the loss, final state and every "
+                    "gradient of FILE.py's FUNCTION(weights, inputs, targets, state, masks) "
+                    "-> (loss, grads, final_state) with the reference; on a mismatch, name "
+                    "the mistake where it can (see zaremba_ref.testing). Exit code 0 if it "
+                    "matches, 1 with the report if not, 2 with one line for a bad FILE or "
+                    "FUNCTION or a step that raises or returns the wrong keys or shapes.")
+    add_option(k, "target", TEXT, metavar="FILE.py:FUNCTION")
+    add_option(k, "--layout", one_of(*LAYOUTS), default="torch",
+               help="the weights' keys and gate order (default: torch)")
+    add_option(k, "--mode", one_of(*MODES), default="zaremba",
+               help="zaremba: the paper's L+1 masks in part of the cases; none: "
+                    "masks is always None (default: zaremba)")
+    add_option(k, "--dtype", one_of(*TOLERANCE), default="float64",
+               help="what the step receives (default: float64)")
+    add_option(k, "--examples", count(1, 100_000), default=50, metavar="N",
+               help="cases to draw (default: 50)")
+    add_option(k, "--seed", SEED, default=0, help="(default: 0)")
+
+    pl = sub.add_parser(
+        "plot", help="learning curves of runs (needs matplotlib)",
+        description="Train (dashed) and valid (solid) perplexity per epoch, one colour per "
+                    "run, log scale; the learning rate in a panel below; the paper's final "
+                    "valid (o) and test (x) perplexity where a run follows a preset, and "
+                    "the run's own test perplexity (*). Needs matplotlib "
+                    "(pip install -e \".[plot]\").")
+    add_option(pl, "runs", TEXT, nargs="+", metavar="RUN_DIR_OR_METRICS",
+               help="run directories or their metrics.jsonl files")
+    add_option(pl, "--out", TEXT, required=True, metavar="FILE.png",
+               help="picture to write (format from the suffix: .png, .svg, .pdf)")
+    add_option(pl, "--label", TEXT, action="append", metavar="NAME", dest="labels",
+               help="a name for each run, in order, once per run (default: the "
+                    "directory or file name)")
+    add_option(pl, "--title", TEXT, help="a title above the curves")
+    from .launch_commands import add_launch_parsers   # ensemble train, sweep
+    add_launch_parsers(sub, _add_data_args)
     return parser
 
 
@@ -201,7 +241,8 @@ def _check_evaluation(run: str, params: dict, config: Config, corpus, splits, ba
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .train import evaluate
+    from .loss import perplexity
+    from .train import evaluation_nll, torch7_perplexity
     corpus = load_ptb(args.data_dir, verify=not args.no_verify_data)
     splits = ("valid", "test") if args.split == "both" else (args.split,)
     if args.ensemble:
@@ -217,9 +258,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         result = {"run": run}
         for split in splits:
             B = config.batch_size if split == "valid" else config.test_batch_size
-            result[f"{split}_ppl"] = evaluate(params, getattr(corpus, split), B,
-                                              config.num_steps, backend,
-                                              progress_prefix=f"{split} ", out=sys.stderr)
+            full, tail, count = evaluation_nll(params, getattr(corpus, split), B,
+                                               config.num_steps, backend,
+                                               progress_prefix=f"{split} ", out=sys.stderr)
+            result[f"{split}_ppl"] = perplexity((full + tail) / count)
+            if split == "valid":     # as the paper's Torch code prints it (README Conventions)
+                result["valid_ppl_torch7_formula"] = torch7_perplexity(full, count)
         print(json.dumps(result), flush=True)
     return 0
 
@@ -336,6 +380,13 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .plot import save_plot
+    save_plot(args.runs, args.out, args.labels, args.title)
+    print(json.dumps({"out": args.out, "runs": args.runs}))
+    return 0
+
+
 def run_cli(fn: Callable[[], int]) -> int:
     """Run ``fn()`` (a command, or an example's main) and turn every expected failure
     into one line on stderr and its exit code: 2, or 1 for a diverged training run,
@@ -372,8 +423,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 2
+    from .launch_commands import cmd_ensemble, cmd_sweep
     command = {"train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample,
-               "trace": _cmd_trace, "compare": _cmd_compare}
+               "trace": _cmd_trace, "compare": _cmd_compare, "check-impl": cli_check_impl,
+               "plot": _cmd_plot, "ensemble": cmd_ensemble, "sweep": cmd_sweep}
     return run_cli(lambda: command[args.command](args))
 
 

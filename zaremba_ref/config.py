@@ -27,6 +27,14 @@ we follow the paper and make the difference a setting:
 * **Test evaluation.** As the Torch code: one pass over the test stream with batch
   size 1, the state carried from word to word, no dropout. Validation uses the
   training batch size and window, as the Torch code does.
+* **Validation perplexity.** Ours is the mean over every word of the split. The Torch
+  code (``run_valid``) sums the losses of the full windows only but divides by
+  ``(N - 1) / T`` unrounded, so it prints ~1% (small) to ~1.5% (medium) less;
+  ``train.torch7_perplexity`` gives that figure (``evaluate`` prints both).
+* **State at an epoch's first window.** Ours starts each training epoch from zeros
+  (as the TensorFlow port). The Torch code shares one start state among all passes,
+  so each epoch after the first starts from the state its validation pass left. Not
+  a setting: it touches one window in ~1,300 per epoch.
 """
 
 from __future__ import annotations
@@ -122,6 +130,13 @@ PRESETS: dict[str, Config] = {
                      decay_start=6, lr_decay=1.2, max_epoch=39),
     "large": Config(hidden_size=1500, num_steps=35, init_scale=0.04, dropout=0.65,
                     decay_start=14, lr_decay=1.15, max_epoch=55, max_grad_norm=10.0),
+}
+
+# Table 1 of the paper, the single models: (valid, test) perplexity of each preset.
+PAPER_RESULTS: dict[str, tuple[float, float]] = {
+    "small": (120.7, 114.5),     # non-regularized LSTM
+    "medium": (86.2, 82.7),      # medium regularized LSTM
+    "large": (82.2, 78.4),       # large regularized LSTM
 }
 
 HELP: dict[str, str] = {

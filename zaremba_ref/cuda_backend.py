@@ -12,6 +12,7 @@ tell the two backends apart.
 from __future__ import annotations
 
 import functools
+import importlib.util
 from types import ModuleType
 from typing import Any
 
@@ -19,8 +20,13 @@ from . import kernels
 from .backend import Backend, BackendUnavailable
 from .kernels import KernelSpec
 
-INSTALL = ('pip install "zaremba_ref[gpu]" (it installs cupy-cuda12x; use cupy-cuda11x '
-           'for CUDA 11)')
+INSTALL = ('pip install -e ".[gpu]" in the zaremba_ref repository (it installs '
+           'cupy-cuda12x, for CUDA 12); for CUDA 13: pip install cupy-cuda13x')
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception's message on one line (CuPy's import errors span several)."""
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 @functools.lru_cache(maxsize=None)
@@ -34,14 +40,19 @@ def make_gpu_backend() -> Backend:
     try:
         import cupy
         import cupyx
-    except ImportError:
-        raise BackendUnavailable(f"--device gpu needs cupy, which is not installed: "
-                                 f"{INSTALL}") from None
+    except ImportError as e:
+        if importlib.util.find_spec("cupy") is None:
+            raise BackendUnavailable(f"--device gpu needs cupy, which is not installed: "
+                                     f"{INSTALL}") from None
+        raise BackendUnavailable(f"--device gpu: cupy is installed but does not import "
+                                 f"({_one_line(e)}); reinstall it for this machine's CUDA "
+                                 f"({INSTALL}), or use --device cpu") from None
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as e:  # cupy raises CUDARuntimeError without a driver
         raise BackendUnavailable(f"--device gpu: cupy is installed but CUDA is not usable "
-                                 f"({e}); check the NVIDIA driver, or use --device cpu") from None
+                                 f"({_one_line(e)}); check the NVIDIA driver, or use "
+                                 "--device cpu") from None
     if count == 0:
         raise BackendUnavailable("--device gpu: no CUDA device is visible; check "
                                  "CUDA_VISIBLE_DEVICES and the driver, or use --device cpu")
