@@ -67,8 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "SIGINT/SIGTERM; default: 1000)")
     g = t.add_argument_group("overrides of the preset (the paper's values by default)")
     for f in fields(Config):
-        g.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None,
-                       metavar=f.name.upper(), help=HELP[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):      # a switch, not a value: --tie-weights / --no-...
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                           help=HELP[f.name])
+        else:
+            g.add_argument(flag, type=type(f.default), default=None,
+                           metavar=f.name.upper(), help=HELP[f.name])
 
     e = sub.add_parser("evaluate", help="perplexity of saved models on valid/test",
                        description="Evaluate saved models the paper's way (one pass, state "
@@ -111,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--steps", type=int, metavar="T",
                     help="steps (default: 5 random, the run's window from a checkpoint)")
     tr.add_argument("--seed", type=int, default=0, help="(default: 0)")
-    tr.add_argument("--mode", choices=("zaremba", "naive", "none"),
+    tr.add_argument("--mode", choices=("zaremba", "naive", "variational", "none"),
                     help="dropout placement (default: zaremba, or the run's)")
     tr.add_argument("--dropout", type=float, default=0.0,
                     help="probability p of the masks (default: 0, no masks)")

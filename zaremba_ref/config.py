@@ -27,12 +27,32 @@ we follow the paper and make the difference a setting:
 * **Test evaluation.** As the Torch code: one pass over the test stream with batch
   size 1, the state carried from word to word, no dropout. Validation uses the
   training batch size and window, as the Torch code does.
+
+Beyond the paper (off by default; each default is the paper's behaviour, so a
+checkpoint written before a field existed resumes as the paper's run):
+
+* **Variational dropout** (Gal & Ghahramani 2016), ``mode="variational"``: the
+  masks of ``naive`` (the L+1 vertical ones, then one per layer on h^l_{t-1} into
+  W_h), each drawn once per window, shaped (batch, hidden), and used at every step.
+  One rate ``dropout`` for all of them here; ``dropout.draw_masks(...,
+  recurrent_p=q)`` gives the recurrent masks a rate of their own. A mask lives for
+  one window (T steps), as in the Torch-style truncated BPTT of the later papers'
+  code, not for a whole sequence.
+* **Tied embeddings** (Press & Wolf 2017; Inan et al. 2017), ``tie_weights=True``:
+  no ``softmax.W``; the logits are y = E D(h^L) + b_s with the embedding E. In
+  PyTorch layouts ``decoder.weight`` is written equal to ``embedding.weight``.
+* **Weight drop** (Merity et al. 2017, AWD-LSTM), ``weight_drop=p``: DropConnect on
+  each layer's W_h, one mask (4H, H) per layer per window, drawn after the
+  activation masks from the same generator, inverted (1/(1-p)) like PyTorch's
+  ``F.dropout`` on the weight in AWD-LSTM's ``WeightDrop``; evaluation uses W_h.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, fields
+
+from .dropout import MODES
 
 
 @dataclass(frozen=True)
@@ -45,7 +65,7 @@ class Config:
     batch_size: int = 20       # B, parallel streams
     init_scale: float = 0.1    # parameters ~ uniform(-init_scale, init_scale)
     dropout: float = 0.0       # p, probability of dropping a unit
-    mode: str = "zaremba"      # dropout placement: zaremba | naive | none
+    mode: str = "zaremba"      # dropout placement: zaremba | naive | variational | none
     lr: float = 1.0            # initial learning rate
     decay_start: int = 4       # epochs at full lr before decay starts
     lr_decay: float = 2.0      # lr is divided by this after each later epoch
@@ -54,6 +74,8 @@ class Config:
     objective: str = "sum_steps"  # sum_steps (the paper) | mean
     vocab_size: int = 10000    # V
     test_batch_size: int = 1   # batch for the test pass (1: the paper's code)
+    tie_weights: bool = False  # beyond the paper: W_s = the embedding E
+    weight_drop: float = 0.0   # beyond the paper: DropConnect rate on each W_h
 
     def validate(self) -> "Config":
         """Raise ValueError with a one-line reason if a field is out of range."""
@@ -61,10 +83,13 @@ class Config:
                      "vocab_size", "test_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.mode not in ("zaremba", "naive", "none"):
-            raise ValueError(f"mode must be zaremba, naive or none, got {self.mode!r}")
+        for name in ("dropout", "weight_drop"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not isinstance(self.tie_weights, bool):
+            raise ValueError(f"tie_weights must be true or false, got {self.tie_weights!r}")
         if self.objective not in ("sum_steps", "mean"):
             raise ValueError(f"objective must be sum_steps or mean, got {self.objective!r}")
         for name in ("init_scale", "lr", "max_grad_norm", "lr_decay"):
@@ -110,7 +135,8 @@ HELP: dict[str, str] = {
     "init_scale": "every parameter starts uniform(-init_scale, init_scale)",
     "dropout": "probability p of dropping a unit (0: no dropout)",
     "mode": "dropout placement: zaremba (non-recurrent only, the paper), naive "
-            "(recurrent too), none",
+            "(recurrent too, a fresh mask each step), variational (recurrent too, one mask "
+            "per window; Gal & Ghahramani 2016), none",
     "lr": "initial SGD learning rate",
     "decay_start": "epochs at the full learning rate (paper: 4/6/14; Torch code: one more)",
     "lr_decay": "divide the learning rate by this after each epoch past decay_start",
@@ -120,4 +146,8 @@ HELP: dict[str, str] = {
                  "mean: mean NLL per token",
     "vocab_size": "vocabulary size V (PTB: 10000)",
     "test_batch_size": "batch size of the final test pass (1: the paper's code)",
+    "tie_weights": "use the embedding as the softmax weights, y = E D(h^L) + b_s (Press & "
+                   "Wolf 2017; beyond the paper)",
+    "weight_drop": "DropConnect rate on each layer's recurrent weights W_h, one mask per "
+                   "window (AWD-LSTM's weight drop; beyond the paper; default 0)",
 }
