@@ -312,7 +312,7 @@ def make_fake_cupy(builder: Builder, device_count: int | Exception = 1):
     # Exactly what zaremba_ref calls on backend.xp; each exists in CuPy with these semantics.
     for name in ("ndarray", "dtype", "float32", "float64", "int32", "int64",
                  "asarray", "array", "empty", "empty_like", "zeros", "zeros_like", "ones",
-                 "arange", "exp", "log", "isfinite", "vdot"):
+                 "arange", "exp", "log", "isfinite", "vdot", "broadcast_to"):
         setattr(cupy, name, getattr(np, name))
     cupy.random = types.SimpleNamespace(default_rng=FakeGenerator)
 
