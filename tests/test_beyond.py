@@ -8,6 +8,8 @@ autograd on a model built the way those papers' code builds it.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -377,3 +379,112 @@ def test_on_the_model_the_distinct_variational_masks_are_each_necessary(L):
                 cut = [a.copy() for a in masks]
                 cut[m][:] = 0
                 assert not grad_at(cut, T - 1 - k).any(), (k, layer, m)
+
+
+# -- the command line, checkpoints, trace ------------------------------------------------
+
+# The Config fields of the code before these options (commit 527d397): a checkpoint it
+# wrote holds exactly these.
+OLD_FIELDS = ("num_layers", "hidden_size", "num_steps", "batch_size", "init_scale", "dropout",
+              "mode", "lr", "decay_start", "lr_decay", "max_epoch", "max_grad_norm",
+              "objective", "vocab_size", "test_batch_size")
+
+
+def train_args(data, out, *extra):
+    return [str(a) for a in ["train", "--data-dir", data, "--no-verify-data", "--out", out,
+                             "--hidden-size", 12, "--batch-size", 4, "--num-steps", 5,
+                             "--max-epoch", 2, "--dropout", 0.3, "--decay-start", 1,
+                             "--save-every", 0, "--seed", 3, *extra]]
+
+
+def final_params(run):
+    from zaremba_ref.checkpoint import load_checkpoint
+    return load_checkpoint(run)[0]
+
+
+@pytest.mark.parametrize("option", [["--mode", "variational"], ["--tie-weights"],
+                                    ["--weight-drop", "0.4"],
+                                    ["--mode", "variational", "--tie-weights",
+                                     "--weight-drop", "0.4"]])
+def test_each_option_trains_from_the_cli_and_resumes_bit_for_bit(toy_data, tmp_path, option):
+    from zaremba_ref.checkpoint import load_checkpoint
+    from zaremba_ref.cli import main
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    assert main(train_args(toy_data, ref, *option, "--max-steps", 6)) == 0
+    assert main(train_args(toy_data, run, *option, "--max-steps", 3)) == 0
+    assert main(train_args(toy_data, run, *option, "--max-steps", 6, "--resume")) == 0
+    a, b = final_params(ref), final_params(run)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    config = load_checkpoint(run)[2]["config"]
+    assert ("softmax.W" in a) == ("--tie-weights" not in option) == (not config["tie_weights"])
+    assert config["mode"] == ("variational" if "variational" in option else "zaremba")
+    assert config["weight_drop"] == (0.4 if "--weight-drop" in option else 0.0)
+    plain = tmp_path / "plain"                               # the option did change the run
+    assert main(train_args(toy_data, plain, "--max-steps", 6)) == 0
+    c = final_params(plain)
+    assert any(not np.array_equal(a[k], c[k]) for k in a)
+
+
+def test_a_tied_run_evaluates_samples_and_traces(toy_data, tmp_path, capsys):
+    from zaremba_ref.cli import main
+    run = tmp_path / "run"
+    assert main(train_args(toy_data, run, "--tie-weights", "--max-steps", 5)) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--data-dir", str(toy_data), "--no-verify-data"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["test_ppl"] > 1
+    assert main(["sample", str(run), "--words", "5", "--seed", "1"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "trace.npz"
+    assert main(["trace", "--checkpoint", str(run), "--data-dir", str(toy_data),
+                 "--no-verify-data", "--dropout", "0.3", "--mode", "variational", "--out",
+                 str(out)]) == 0
+    with np.load(out) as t:
+        assert "grad.softmax.W" not in t.files and "grad.embedding" in t.files
+        assert t["mask.0"].shape == (5, 4, 12)                       # (T, B, H), repeated
+        assert (t["mask.0"] == t["mask.0"][0]).all()                 # the same at each step
+
+
+def test_a_checkpoint_written_before_these_options_resumes_bit_for_bit(toy_data, tmp_path,
+                                                                       capsys):
+    """The old code's checkpoint has none of the new fields: they count as their defaults
+    (the paper's behaviour) and the run continues exactly as an uninterrupted one."""
+    from zaremba_ref.checkpoint import load_checkpoint, save_checkpoint
+    from zaremba_ref.cli import main
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    assert main(train_args(toy_data, ref, "--max-steps", 8)) == 0
+    assert main(train_args(toy_data, run, "--max-steps", 4)) == 0
+    params, state, meta, vocab = load_checkpoint(run)
+    meta["config"] = {k: v for k, v in meta["config"].items() if k in OLD_FIELDS}
+    assert set(meta["config"]) == set(OLD_FIELDS)
+    meta.pop("format")
+    save_checkpoint(run, params, state, meta, vocab)
+    capsys.readouterr()
+    assert main(train_args(toy_data, run, "--tie-weights", "--max-steps", 8, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "tie_weights: checkpoint False vs command line True" in err and err.count("\n") == 1
+    assert main(train_args(toy_data, run, "--max-steps", 8, "--resume")) == 0
+    a, b = final_params(ref), final_params(run)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--weight-drop", "1.5"], "weight_drop must be in [0, 1), got 1.5"),
+    (["--weight-drop", "-0.1"], "weight_drop must be in [0, 1), got -0.1"),
+    (["--mode", "locked"], "mode must be one of zaremba, naive, variational, none, got 'locked'"),
+])
+def test_bad_option_values_give_one_line_errors(toy_data, tmp_path, capsys, args, message):
+    from zaremba_ref.cli import main
+    assert main(train_args(toy_data, tmp_path / "run", *args)) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not (tmp_path / "run").exists()
+
+
+def test_bool_fields_are_switches_on_the_command_line(capsys):
+    from zaremba_ref.cli import build_parser, config_from_args
+    parse = lambda *a: build_parser().parse_args(["train", *a])       # noqa: E731
+    assert config_from_args(parse()).tie_weights is False             # the preset's
+    assert config_from_args(parse("--tie-weights")).tie_weights is True
+    assert config_from_args(parse("--no-tie-weights")).tie_weights is False
+    with pytest.raises(SystemExit) as e:
+        parse("--tie-weights", "false")                               # a switch takes no value
+    assert e.value.code == 2 and "unrecognized arguments: false" in capsys.readouterr().err
