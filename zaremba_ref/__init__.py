@@ -10,8 +10,13 @@ The oracle contract (kept stable)::
     check_gradients(params, inputs, targets, ...) -> {name: relative error}
 
 Studies and tools around it: ``trace`` (every intermediate and gradient of a window),
-``dropout_crossings`` and ``mask_applications`` (Figure 3), ``evaluate_ensemble`` (Table 1's model averaging),
-``params_to_torch7`` / ``params_from_torch7`` (the paper's own Torch code's layout).
+``dropout_crossings`` and ``mask_applications`` (Figure 3), ``evaluate_ensemble``
+(Table 1's model averaging), ``params_to_torch7`` / ``params_from_torch7`` (the paper's
+own Torch code's layout).
+
+Beyond the paper (off by default): ``mode="variational"``, ``init_params(...,
+tie_weights=True)``, ``loss_and_grads(..., weight_masks=...)`` (see README, "Beyond the
+paper").
 """
 
 from .backend import CPU, Backend, BackendUnavailable, get_backend
