@@ -36,8 +36,8 @@ checkpoint written before a field existed resumes as the paper's run):
   W_h), each drawn once per window, shaped (batch, hidden), and used at every step.
   One rate ``dropout`` for all of them here; ``dropout.draw_masks(...,
   recurrent_p=q)`` gives the recurrent masks a rate of their own. A mask lives for
-  one window (T steps), as in the Torch-style truncated BPTT of the later papers'
-  code, not for a whole sequence.
+  one window of T steps (truncated BPTT), as AWD-LSTM's ``LockedDropout`` draws one
+  per forward call, one window; the state carried into the next window meets new masks.
 * **Tied embeddings** (Press & Wolf 2017; Inan et al. 2017), ``tie_weights=True``:
   no ``softmax.W``; the logits are y = E D(h^L) + b_s with the embedding E. In
   PyTorch layouts ``decoder.weight`` is written equal to ``embedding.weight``.
