@@ -298,6 +298,27 @@ def test_the_gpu_path_matches_numpy(gpu, mode, tie, wd):
         np.testing.assert_allclose(got[2][k], want[2][k], rtol=1e-12, atol=1e-12, err_msg=k)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode, tie, wd", [("variational", False, False),
+                                           ("zaremba", True, False),
+                                           ("naive", False, True),
+                                           ("variational", True, True)])
+def test_cupy_matches_numpy_for_every_option(mode, tie, wd):
+    """On a real device (-m gpu): CuPy float64 equals NumPy float64 to 1e-10."""
+    cupy = pytest.importorskip("cupy")
+    try:
+        if cupy.cuda.runtime.getDeviceCount() == 0:
+            pytest.skip("no CUDA device")
+    except Exception as e:  # no driver
+        pytest.skip(f"CUDA not usable: {e}")
+    c = case(np.random.default_rng(8), 50, 16, 2, 4, 5, mode, tie, wd)
+    want = run_on(CPU, mode, c)
+    got = run_on(z.get_backend("gpu"), mode, c)
+    assert got[0] == pytest.approx(want[0], rel=1e-10)
+    for k in want[2]:
+        np.testing.assert_allclose(got[2][k], want[2][k], rtol=1e-10, atol=1e-10, err_msg=k)
+
+
 def test_train_step_with_every_option_on_the_gpu_path_matches_numpy(gpu):
     """Masks and weight masks drawn from the backend's generator, as the trainer does."""
     from zaremba_ref.config import Config
