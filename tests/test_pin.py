@@ -121,10 +121,16 @@ def toy_corpus(tmp_path_factory):
                     verify=False)
 
 
+_PTB = {}
+
+
 def _corpus(which, toy_corpus, request):
     if which == "toy":
         return toy_corpus
-    return load_ptb(request.getfixturevalue("ptb_dir"))
+    ptb_dir = request.getfixturevalue("ptb_dir")          # skips without real PTB
+    if ptb_dir not in _PTB:
+        _PTB[ptb_dir] = load_ptb(ptb_dir)                  # read once for the four cases
+    return _PTB[ptb_dir]
 
 
 @pytest.mark.parametrize("which, name, dtype", list(PINNED))
