@@ -33,6 +33,11 @@ To hand to another implementation: the same params (``oracle.py`` converts the
 layouts), ``state.*``, ``mask.*`` and the word ids; then compare its arrays with
 ``compare`` below (reorder gate blocks first, see ``oracle.py``).
 
+Weight drop (beyond the paper) has no argument here: to trace a weight-dropped window,
+pass ``model.drop_weights(params, weight_masks)`` as the params (the gradient
+``grad.l{l}.W_h`` is then taken with respect to W_h * M_l; multiply it by M_l for the
+one ``loss_and_grads`` returns).
+
 ``zaremba_ref.trace`` is the function; import this module's other names with
 ``from zaremba_ref.trace import compare_traces, load_trace``.
 """
