@@ -8,6 +8,13 @@ weights and the same budget, changing only where dropout sits:
              (a fresh mask every step, as earlier work did)
     zaremba  dropout on the non-recurrent connections only (the paper)
 
+and, beyond the paper (``--modes variational,zaremba+tied``), two more rows:
+
+    variational   the masks of naive, each drawn once per window and used at every
+                  step (Gal & Ghahramani 2016)
+    zaremba+tied  the paper's placement, with the softmax weights tied to the
+                  embedding (Press & Wolf 2017; Inan et al. 2017)
+
 and reports the validation perplexity after every epoch::
 
     python examples/dropout_placement.py [--data-dir DIR] [--out runs/placement]
@@ -52,7 +59,11 @@ from zaremba_ref.optim import learning_rate
 from zaremba_ref.progress import Progress
 from zaremba_ref.train import TrainingError, evaluate, train_step
 
-MODES = ("none", "naive", "zaremba")
+# Each row: its name -> the Config fields it changes (mode, tie_weights).
+ROWS = {"none": {"mode": "none"}, "naive": {"mode": "naive"}, "zaremba": {"mode": "zaremba"},
+        "variational": {"mode": "variational"},
+        "zaremba+tied": {"mode": "zaremba", "tie_weights": True}}
+MODES = ("none", "naive", "zaremba")   # the default rows: the paper's question
 
 
 def parse_args(argv):
@@ -78,25 +89,26 @@ def parse_args(argv):
     ap.add_argument("--init-scale", type=float, default=0.1)
     ap.add_argument("--lr", type=float, default=1.0, help="held constant (default: 1)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--modes", default=",".join(MODES), help="(default: none,naive,zaremba)")
+    ap.add_argument("--modes", default=",".join(MODES),
+                    help=f"rows, some of {','.join(ROWS)} (default: none,naive,zaremba)")
     ap.add_argument("--out", default="runs/placement")
     return ap.parse_args(argv)
 
 
-def make_config(mode: str, args, vocab_size: int) -> Config:
-    """The run of one placement: everything shared but the mode (and p = 0 for none)."""
+def make_config(row: str, args, vocab_size: int) -> Config:
+    """The run of one row: everything shared but the row's fields (and p = 0 for none)."""
     return Config(num_layers=args.num_layers, hidden_size=args.hidden_size,
                   num_steps=args.num_steps, batch_size=args.batch_size,
-                  init_scale=args.init_scale, dropout=0.0 if mode == "none" else args.dropout,
-                  mode=mode, lr=args.lr, decay_start=args.epochs, max_epoch=args.epochs,
-                  vocab_size=vocab_size).validate()
+                  init_scale=args.init_scale, dropout=0.0 if row == "none" else args.dropout,
+                  lr=args.lr, decay_start=args.epochs, max_epoch=args.epochs,
+                  vocab_size=vocab_size, **ROWS[row]).validate()
 
 
-def train_one(config: Config, args, corpus, out: Path, log) -> list[dict]:
-    """Train one placement from the shared seed; one record per epoch."""
-    mode = config.mode
+def train_one(mode: str, config: Config, args, corpus, out: Path, log) -> list[dict]:
+    """Train one row (``mode``, its name) from the shared seed; one record per epoch."""
     params = init_params(config.vocab_size, config.hidden_size, config.num_layers,
-                         config.init_scale, seed=args.seed)   # the same weights for every mode
+                         config.init_scale, seed=args.seed,   # the same weights for every mode
+                         tie_weights=config.tie_weights)
     rng = CPU.rng(args.seed)                                  # the same mask stream
     data = batchify(corpus.train, config.batch_size)
     data = data[:, :max(config.num_steps + 1, round(data.shape[1] * args.train_fraction))]
@@ -183,9 +195,9 @@ def plot(results: dict[str, list[dict]], path: Path) -> bool:
 def main(argv=None) -> int:
     args = parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = set(modes) - set(MODES)
+    unknown = set(modes) - set(ROWS)
     if unknown or not modes:
-        raise ValueError(f"--modes takes some of {','.join(MODES)}, got {args.modes!r}")
+        raise ValueError(f"--modes takes some of {','.join(ROWS)}, got {args.modes!r}")
     for name in ("max_steps_per_epoch", "max_valid_words"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got "
@@ -193,14 +205,14 @@ def main(argv=None) -> int:
     if not 0 < args.train_fraction <= 1:
         raise ValueError(f"--train-fraction must be in (0, 1], got {args.train_fraction}")
     corpus = load_ptb(args.data_dir, verify=not args.no_verify_data)
-    configs = [make_config(mode, args, corpus.vocab_size) for mode in modes]  # check all first
+    configs = {mode: make_config(mode, args, corpus.vocab_size) for mode in modes}  # check all
     out = Path(args.out)
     for mode in modes:
         (out / mode).mkdir(parents=True, exist_ok=True)
     results = {}
     with open(out / "placement.jsonl", "w") as log:
-        for config in configs:
-            results[config.mode] = train_one(config, args, corpus, out, log)
+        for mode, config in configs.items():
+            results[mode] = train_one(mode, config, args, corpus, out, log)
     print(table(results))
     if plot(results, out / "placement.png"):
         print(f"plot: {out / 'placement.png'}")

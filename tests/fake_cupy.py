@@ -653,6 +653,15 @@ def vdot(a, b):
     return _apply(np.vdot, "vdot", (a, b))
 
 
+def broadcast_to(array, shape):
+    """cupy.broadcast_to: a view of a device array with stride 0 along the new axes
+    (cupy/_manipulation/dims.py, ``broadcast_to`` -> ``array._broadcast_to``): a method
+    of cupy's ndarray, so a host array is refused."""
+    if not isinstance(array, ndarray):
+        raise TypeError(f"Unsupported type {type(array)}")
+    return ndarray._wrap(np.broadcast_to(array._a, shape))
+
+
 def matmul(x1, x2, /, out=None):
     """cupy.matmul (benchmarks/bench.py's GEMM floor writes into ``out``)."""
     return _apply(np.matmul, "matmul", (x1, x2), out)
@@ -676,7 +685,8 @@ def scatter_add(a, slices, value):
 
 
 MODULE_FUNCTIONS = {f.__name__: f for f in (asarray, array, empty, empty_like, zeros,
-                                            zeros_like, ones, arange, vdot, matmul)}
+                                            zeros_like, ones, arange, vdot, matmul,
+                                            broadcast_to)}
 CUDA_FUNCTIONS = {"get_current_stream": get_current_stream}   # cupy.cuda.<name>
 STREAM_METHODS = ("synchronize",)
 UFUNCS = {name: _ufunc(getattr(np, name)) for name in ("exp", "log", "isfinite")}

@@ -56,7 +56,7 @@ def make_case(mode, V=11, H=5, L=2, B=3, T=4, seed=0, p=0.4):
     x, y = (rng.integers(0, V, (B, T)).astype(np.int32) for _ in range(2))
     state = [(rng.normal(size=(B, H)), rng.normal(size=(B, H))) for _ in range(L)]
     dstate = [(rng.normal(size=(B, H)), rng.normal(size=(B, H))) for _ in range(L)]
-    masks = [(rng.random((B, T, H)) >= p) / (1 - p) for _ in range(z.num_masks(mode, L))]
+    masks = z.draw_masks(rng, p, mode, L, B, T, H, np.float64)   # each mode's shapes
     return params, x, y, state, dstate, masks or None
 
 

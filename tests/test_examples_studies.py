@@ -72,6 +72,24 @@ def test_without_dropout_the_three_placements_are_one_run(toy_data, tmp_path, ca
         assert len(ppl) == 1
 
 
+def test_the_rows_beyond_the_paper(toy_data, tmp_path, capsys):
+    """variational and zaremba+tied: the same seed and initial weights as the others
+    (a tied model's are the untied one's without softmax.W), and their checkpoints
+    say what they ran."""
+    from zaremba_ref.checkpoint import load_checkpoint
+    study = load_example("dropout_placement")
+    out = tmp_path / "beyond"
+    modes = ("zaremba", "variational", "zaremba+tied")
+    assert study.main(["--data-dir", str(toy_data), "--no-verify-data", "--out", str(out),
+                       "--modes", ",".join(modes), *TINY]) == 0
+    records = check_study(out, capsys.readouterr().out, modes=modes)
+    assert len({r["valid_ppl"] for r in records if r["epoch"] == 2}) == 3   # three runs
+    params, _, meta, _ = load_checkpoint(out / "zaremba+tied")
+    assert "softmax.W" not in params and meta["config"]["tie_weights"] is True
+    assert meta["config"]["mode"] == "zaremba"
+    assert load_checkpoint(out / "variational")[2]["config"]["mode"] == "variational"
+
+
 def test_dropout_placement_smoke_on_ptb(ptb_dir, tmp_path, capsys):
     study = load_example("dropout_placement")
     out = tmp_path / "ptb"

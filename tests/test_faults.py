@@ -126,6 +126,9 @@ def test_every_config_field_has_one_rule_shared_by_validate_and_the_command_line
     by_dest = {a.dest: a for a in train._actions}
     for f in fields(Config):
         action = by_dest[f.name]
+        if FIELD_RULES[f.name].kind is bool:          # a switch: --x / --no-x, no value
+            assert isinstance(action, argparse.BooleanOptionalAction)
+            continue
         assert isinstance(action.type, RuleType) and action.type.rule is FIELD_RULES[f.name]
     for preset in PRESETS.values():
         preset.validate()

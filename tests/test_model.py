@@ -24,7 +24,8 @@ def random_case(rng, V, H, L, B, T, mode, p=0.4, dtype=np.float64, scale=0.5):
     state = [(rng.normal(size=(B, H)).astype(dtype), rng.normal(size=(B, H)).astype(dtype))
              for _ in range(L)]
     dstate = [(rng.normal(size=(B, H)), rng.normal(size=(B, H))) for _ in range(L)]
-    masks = [((rng.random((B, T, H)) >= p) / (1 - p)).astype(dtype)
+    shape = (B, H) if mode == "variational" else (B, T, H)     # variational: one per window
+    masks = [((rng.random(shape) >= p) / (1 - p)).astype(dtype)
              for _ in range(z.num_masks(mode, L))] or None
     return params, x, y, state, dstate, masks
 

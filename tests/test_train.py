@@ -216,7 +216,7 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(toy_data, tmp_pat
 @pytest.mark.parametrize("args, message", [
     (["--hidden-size", "-1"], "--hidden-size must be >= 1, got -1"),
     (["--dropout", "1"], "dropout must be in [0, 1), got 1.0"),
-    (["--mode", "sideways"], "mode must be zaremba, naive or none"),
+    (["--mode", "sideways"], "--mode must be zaremba, naive, variational or none"),
     (["--max-steps", "0"], "--max-steps must be >= 1"),
     (["--device", "gpu"], "--device gpu"),
 ])

@@ -24,11 +24,12 @@ def check_params(params: dict) -> tuple[int, int, int]:
         raise ValueError("params must be the dict returned by init_params()")
     V, H = _shape(params["embedding"])
     L = num_layers_of(params)
-    expected = {"embedding": (V, H), "softmax.W": (V, H), "softmax.b": (V,)}
+    tied = "softmax.W" not in params                     # tied embeddings: E is W_s too
+    expected = {"embedding": (V, H), "softmax.b": (V,)} | ({} if tied else {"softmax.W": (V, H)})
     for l in range(1, L + 1):
         expected.update({f"l{l}.W_x": (4 * H, H), f"l{l}.W_h": (4 * H, H),
                          f"l{l}.b_x": (4 * H,), f"l{l}.b_h": (4 * H,)})
-    missing = [k for k in param_names(L) if k not in params]
+    missing = [k for k in param_names(L, tied) if k not in params]
     if missing or L < 1:
         raise ValueError(f"params is missing {missing or 'every layer'}; "
                          "build it with init_params()")
@@ -67,10 +68,12 @@ def check_call(params, inputs, targets, state, masks, dropout, mode, rng, dstate
         if len(masks) != n:
             raise ValueError(f"masks must be a list of {n} arrays in {mode!r} mode with "
                              f"{L} layers, got {len(masks)}")
+        shape, what = ((B, H), "(batch, hidden)") if mode == "variational" else (
+            (B, T, H), "(batch, steps, hidden)")
         for k, m in enumerate(masks):
-            if _shape(m) != (B, T, H):
+            if _shape(m) != shape:
                 raise ValueError(f"masks[{k}] has shape {_shape(m)}, expected "
-                                 f"(batch, steps, hidden) = {(B, T, H)}")
+                                 f"{what} = {shape} in {mode!r} mode")
     elif dropout > 0 and mode != "none" and rng is None:
         raise ValueError("dropout > 0 needs rng (a seeded generator) or explicit masks")
     for name, s in (("state", state), ("dstate", dstate)):
@@ -84,3 +87,22 @@ def check_call(params, inputs, targets, state, masks, dropout, mode, rng, dstate
                     raise ValueError(f"{name}[{l}] {which} has shape {_shape(a)}, "
                                      f"expected (batch, hidden) = {(B, H)}")
     return zero_state(params, B, backend) if state is None else state
+
+
+def check_weight_masks(params, weight_masks, weight_drop, rng) -> None:
+    """Check weight drop's arguments of loss_and_grads: L masks (4H, H), or a rate."""
+    _, H, L = check_params(params)
+    if not 0 <= weight_drop < 1:
+        raise ValueError(f"weight_drop must be in [0, 1), got {weight_drop}")
+    if weight_masks is None:
+        if weight_drop > 0 and rng is None:
+            raise ValueError("weight_drop > 0 needs rng (a seeded generator) or explicit "
+                             "weight_masks")
+        return
+    if len(weight_masks) != L:
+        raise ValueError(f"weight_masks must be a list of {L} arrays (one per layer), "
+                         f"got {len(weight_masks)}")
+    for l, M in enumerate(weight_masks, start=1):
+        if _shape(M) != (4 * H, H):
+            raise ValueError(f"weight_masks[{l - 1}] has shape {_shape(M)}, expected "
+                             f"(4 * hidden, hidden) = {(4 * H, H)} like l{l}.W_h")

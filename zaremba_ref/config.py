@@ -35,6 +35,24 @@ we follow the paper and make the difference a setting:
   (as the TensorFlow port). The Torch code shares one start state among all passes,
   so each epoch after the first starts from the state its validation pass left. Not
   a setting: it touches one window in ~1,300 per epoch.
+
+Beyond the paper (off by default; each default is the paper's behaviour, so a
+checkpoint written before a field existed resumes as the paper's run):
+
+* **Variational dropout** (Gal & Ghahramani 2016), ``mode="variational"``: the
+  masks of ``naive`` (the L+1 vertical ones, then one per layer on h^l_{t-1} into
+  W_h), each drawn once per window, shaped (batch, hidden), and used at every step.
+  One rate ``dropout`` for all of them here; ``dropout.draw_masks(...,
+  recurrent_p=q)`` gives the recurrent masks a rate of their own. A mask lives for
+  one window of T steps (truncated BPTT), as AWD-LSTM's ``LockedDropout`` draws one
+  per forward call, one window; the state carried into the next window meets new masks.
+* **Tied embeddings** (Press & Wolf 2017; Inan et al. 2017), ``tie_weights=True``:
+  no ``softmax.W``; the logits are y = E D(h^L) + b_s with the embedding E. In
+  PyTorch layouts ``decoder.weight`` is written equal to ``embedding.weight``.
+* **Weight drop** (Merity et al. 2017, AWD-LSTM), ``weight_drop=p``: DropConnect on
+  each layer's W_h, one mask (4H, H) per layer per window, drawn after the
+  activation masks from the same generator, inverted (1/(1-p)) like PyTorch's
+  ``F.dropout`` on the weight in AWD-LSTM's ``WeightDrop``; evaluation uses W_h.
 """
 
 from __future__ import annotations
@@ -43,7 +61,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, fields
 
-from .rules import Rule, count, one_of, real
+from .dropout import MODES
+from .rules import Rule, count, one_of, real, switch
 
 
 @dataclass(frozen=True)
@@ -56,7 +75,7 @@ class Config:
     batch_size: int = 20       # B, parallel streams
     init_scale: float = 0.1    # parameters ~ uniform(-init_scale, init_scale)
     dropout: float = 0.0       # p, probability of dropping a unit
-    mode: str = "zaremba"      # dropout placement: zaremba | naive | none
+    mode: str = "zaremba"      # dropout placement: zaremba | naive | variational | none
     lr: float = 1.0            # initial learning rate
     decay_start: int = 4       # epochs at full lr before decay starts
     lr_decay: float = 2.0      # lr is divided by this after each later epoch
@@ -65,6 +84,8 @@ class Config:
     objective: str = "sum_steps"  # sum_steps (the paper) | mean
     vocab_size: int = 10000    # V
     test_batch_size: int = 1   # batch for the test pass (1: the paper's code)
+    tie_weights: bool = False  # beyond the paper: W_s = the embedding E
+    weight_drop: float = 0.0   # beyond the paper: DropConnect rate on each W_h
 
     def validate(self) -> "Config":
         """Raise ValueError with a one-line reason if a field breaks its rule
@@ -113,7 +134,7 @@ FIELD_RULES: dict[str, Rule] = {
     "batch_size": count(1),
     "init_scale": real(0, lo_open=True),
     "dropout": real(0, 1, hi_open=True),
-    "mode": one_of("zaremba", "naive", "none"),
+    "mode": one_of(*MODES),
     "lr": real(0, lo_open=True),
     "decay_start": count(0),
     "lr_decay": real(0, lo_open=True),
@@ -122,6 +143,8 @@ FIELD_RULES: dict[str, Rule] = {
     "objective": one_of("sum_steps", "mean"),
     "vocab_size": count(1),
     "test_batch_size": count(1),
+    "tie_weights": switch(),
+    "weight_drop": real(0, 1, hi_open=True),
 }
 
 PRESETS: dict[str, Config] = {
@@ -147,7 +170,8 @@ HELP: dict[str, str] = {
     "init_scale": "every parameter starts uniform(-init_scale, init_scale)",
     "dropout": "probability p of dropping a unit (0: no dropout)",
     "mode": "dropout placement: zaremba (non-recurrent only, the paper), naive "
-            "(recurrent too), none",
+            "(recurrent too, a fresh mask each step), variational (recurrent too, one mask "
+            "per window; Gal & Ghahramani 2016), none",
     "lr": "initial SGD learning rate",
     "decay_start": "epochs at the full learning rate (paper: 4/6/14; Torch code: one more)",
     "lr_decay": "divide the learning rate by this after each epoch past decay_start",
@@ -157,4 +181,8 @@ HELP: dict[str, str] = {
                  "mean: mean NLL per token",
     "vocab_size": "vocabulary size V (PTB: 10000)",
     "test_batch_size": "batch size of the final test pass (1: the paper's code)",
+    "tie_weights": "use the embedding as the softmax weights, y = E D(h^L) + b_s (Press & "
+                   "Wolf 2017; beyond the paper)",
+    "weight_drop": "DropConnect rate on each layer's recurrent weights W_h, one mask per "
+                   "window (AWD-LSTM's weight drop; beyond the paper; default 0)",
 }

@@ -24,6 +24,21 @@ t. Hence::
     dropout_crossings("naive",   L, k) = L + 1 + k
     dropout_crossings("none",    L, k) = 0
 
+Beyond the paper, variational dropout (Gal & Ghahramani 2016) drops h^l_{s-1} too,
+like naive mode, so the information still passes a dropout operator at each of the
+k across edges: :func:`mask_applications` counts L + 1 + k, as for naive. But every
+one of those k applications uses the *same* mask (one per layer per window), so the
+*distinct* masks it meets are L + 1, plus one once it travels (k >= 1)::
+
+    dropout_crossings("variational", L, k) = L + 1 + min(k, 1)
+    mask_applications("variational", L, k) = L + 1 + k
+
+:func:`dropout_crossings` counts distinct masks (independent draws); in zaremba and
+naive mode every application is a draw of its own, so the two counts agree there.
+The distinct count is what keeps the noise from compounding with distance: the same
+units are dropped at every step, so what survives the first crossing survives the
+next (tested on the model in ``tests/test_beyond.py``).
+
 What this does not count (and the tests show): inside the LSTM unit, the cell's
 self-loop c_{s-1} -> c_s (through the forget gate) also carries information across
 time, and no mode drops it, the naive mode included (it drops h_{s-1} only, as the
@@ -50,16 +65,31 @@ from .dropout import MODES
 
 
 def dropout_crossings(mode: str, num_layers: int, distance: int) -> int:
-    """How many dropout operators the information from the word at step t - distance
-    crosses on its way to the prediction at step t, along a path of Figure 3 (see the
-    module docstring): L + 1 in zaremba mode, L + 1 + distance in naive mode, 0 in
-    mode none."""
+    """How many distinct dropout masks the information from the word at step
+    t - distance meets on its way to the prediction at step t, along a path of Figure
+    3 (see the module docstring): L + 1 in zaremba mode, L + 1 + distance in naive
+    mode, L + 1 + min(distance, 1) in variational mode, 0 in mode none."""
+    _check(mode, num_layers, distance)
+    L, k = num_layers, distance
+    return {"zaremba": L + 1, "naive": L + 1 + k, "variational": L + 1 + min(k, 1),
+            "none": 0}[mode]
+
+
+def mask_applications(mode: str, num_layers: int, distance: int) -> int:
+    """How many times a dropout mask multiplies that information on the same path: L
+    + 1 in zaremba mode, L + 1 + distance in naive and variational mode (variational
+    applies one recurrent mask at each of the ``distance`` steps), 0 in mode none."""
+    _check(mode, num_layers, distance)
+    L, k = num_layers, distance
+    return {"zaremba": L + 1, "naive": L + 1 + k, "variational": L + 1 + k, "none": 0}[mode]
+
+
+def _check(mode: str, num_layers: int, distance: int) -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if num_layers < 1 or distance < 0:
         raise ValueError(f"num_layers must be >= 1 and distance >= 0, got {num_layers}, "
                          f"{distance}")
-    return {"zaremba": num_layers + 1, "naive": num_layers + 1 + distance, "none": 0}[mode]
 
 
 def path_masks(mode: str, num_layers: int, t: int, distance: int,
@@ -68,10 +98,12 @@ def path_masks(mode: str, num_layers: int, t: int, distance: int,
     prediction at step t, as (mask index, step) pairs; steps are 0-based positions in
     the window (the T axis of the (B, T, H) masks), mask indices those of
     ``dropout.py``: k = 0..L for the up edges (mask k feeds layer k+1, mask L the
-    softmax), L + l for the across edges of layer l (naive mode).
+    softmax), L + l for the across edges of layer l (naive and variational mode).
 
     The path climbs to ``layer`` at t - distance, runs along it to t, climbs on at t.
-    ``len(path_masks(...)) == dropout_crossings(mode, L, distance)``.
+    ``len(path_masks(...)) == mask_applications(mode, L, distance)``; the distinct
+    draws among them (pairs in zaremba and naive mode, mask indices alone in
+    variational mode) number ``dropout_crossings(mode, L, distance)``.
     """
     L, s = num_layers, t - distance
     dropout_crossings(mode, L, distance)               # checks the arguments
@@ -81,7 +113,8 @@ def path_masks(mode: str, num_layers: int, t: int, distance: int,
     if mode == "none":
         return []
     up = [(k, s) for k in range(layer)] + [(k, t) for k in range(layer, L + 1)]
-    across = [(L + layer, step) for step in range(s + 1, t + 1)] if mode == "naive" else []
+    across = ([(L + layer, step) for step in range(s + 1, t + 1)]
+              if mode in ("naive", "variational") else [])
     return up + across
 
 
@@ -92,9 +125,17 @@ def path_only_masks(mode: str, num_layers: int, batch: int, steps: int, hidden: 
     :func:`path_masks` (value 1) and drop everything else (value 0). ``t`` defaults to
     the last step. With them only the chosen path can carry information from the word
     at t - distance to the prediction at t, and every prediction but the one at t
-    sees a zero input (so the loss depends on the network through step t only)."""
+    sees a zero input (so the loss depends on the network through step t only).
+
+    In variational mode a mask is one (B, H) array for every step, so no single step
+    can be kept: the masks (B, H) are 1 for each mask index on the path, 0 for the
+    others (the path's layer's recurrence kept, the other layers' cut)."""
     from .dropout import num_masks
     t = steps - 1 if t is None else t
+    if mode == "variational":
+        on_path = {k for k, _ in path_masks(mode, num_layers, t, distance, layer)}
+        return [np.full((batch, hidden), float(k in on_path), dtype=dtype)
+                for k in range(num_masks(mode, num_layers))]
     masks = [np.zeros((batch, steps, hidden), dtype=dtype)
              for _ in range(num_masks(mode, num_layers))]
     for k, step in path_masks(mode, num_layers, t, distance, layer):

@@ -28,9 +28,11 @@ def _on(backend, params, inputs, targets, state, masks, dstate):
             None if masks is None else [dev(m) for m in masks], pairs(dstate))
 
 
-def _objective(params, inputs, targets, state, masks, mode, dstate, backend) -> float:
+def _objective(params, inputs, targets, state, masks, mode, dstate, backend,
+               weight_masks) -> float:
     args = _on(backend, params, inputs, targets, state, masks, None)
-    loss, _, final = loss_and_grads(*args[:5], mode=mode, backend=backend)
+    loss, _, final = loss_and_grads(*args[:5], mode=mode, backend=backend,
+                                    weight_masks=weight_masks)
     final = [(backend.to_numpy(h), backend.to_numpy(c)) for h, c in final]
     if dstate is not None:
         loss += sum(float(np.vdot(dh, h)) + float(np.vdot(dc, c))
@@ -42,7 +44,8 @@ def check_gradients(params: dict[str, np.ndarray], inputs: np.ndarray, targets: 
                     state: list | None = None, masks: list | None = None, *,
                     mode: str = "zaremba", dstate: list | None = None, eps: float = 1e-4,
                     max_entries: int = 40, seed: int = 0, floor: float = 1e-4,
-                    backend: Backend = CPU) -> dict[str, float]:
+                    backend: Backend = CPU,
+                    weight_masks: list | None = None) -> dict[str, float]:
     """Compare ``loss_and_grads`` with finite differences, in float64.
 
     Up to ``max_entries`` entries of each tensor are checked (all of them if it is
@@ -53,20 +56,24 @@ def check_gradients(params: dict[str, np.ndarray], inputs: np.ndarray, targets: 
     zero, say) from reporting the differences' rounding noise (~1e-11 at eps=1e-4) as
     a relative error of 1: for gradients smaller than ``floor`` the error is absolute,
     divided by ``floor``. ``backend`` is the implementation under test (its results
-    are brought back to NumPy; use float64 on it too).
+    are brought back to NumPy; use float64 on it too). ``weight_masks``: weight
+    drop's fixed masks (see ``loss_and_grads``), held fixed like ``masks``.
     """
     f64 = lambda a: np.array(a, dtype=np.float64)  # noqa: E731  (copies: we perturb in place)
     params = {k: f64(v) for k, v in params.items()}
     B = inputs.shape[0]
-    H = params["softmax.W"].shape[1]
+    H = params["embedding"].shape[1]
     L = sum(1 for k in params if k.endswith(".W_h"))
     state = ([(np.zeros((B, H)), np.zeros((B, H))) for _ in range(L)] if state is None
              else [(f64(h), f64(c)) for h, c in state])
     masks = None if masks is None else [f64(m) for m in masks]
     dstate = None if dstate is None else [(f64(h), f64(c)) for h, c in dstate]
+    weight_masks = (None if weight_masks is None
+                    else [backend.asarray(f64(M)) for M in weight_masks])
 
     p, x, y, s, m, ds = _on(backend, params, inputs, targets, state, masks, dstate)
-    _, grads, _ = loss_and_grads(p, x, y, s, m, mode=mode, dstate=ds, backend=backend)
+    _, grads, _ = loss_and_grads(p, x, y, s, m, mode=mode, dstate=ds, backend=backend,
+                                 weight_masks=weight_masks)
     grads = {k: backend.to_numpy(v) for k, v in grads.items() if k != "state"} | {
         "state": [(backend.to_numpy(h), backend.to_numpy(c)) for h, c in grads["state"]]}
     tensors = dict(params)
@@ -76,7 +83,7 @@ def check_gradients(params: dict[str, np.ndarray], inputs: np.ndarray, targets: 
         analytic.update({f"state.{l}.h": dh, f"state.{l}.c": dc})
 
     J = lambda: _objective(params, inputs, targets, state, masks, mode, dstate,  # noqa: E731
-                           backend)
+                           backend, weight_masks)
     rng = np.random.default_rng(seed)
     errors = {}
     for name, p in tensors.items():

@@ -37,8 +37,8 @@ class LayerCache:
     gates: Array    # (T, B, 4H)    i, f, o, g at each step
     h: Array        # (T+1, B, H)   h[0] = h_0, h[t] = h_t
     c: Array        # (T+1, B, H)   c[0] = c_0, c[t] = c_t
-    h_rec: Array    # (T, B, H)     what W_h multiplied: h_{t-1}, or D(h_{t-1}) in naive mode
-    h_mask: Array | None  # (T, B, H) naive mode's recurrent dropout mask, else None
+    h_rec: Array    # (T, B, H)     what W_h multiplied: h_{t-1}, or D(h_{t-1}) (naive, variational)
+    h_mask: Array | None  # (T, B, H) the recurrent dropout mask (naive, variational), else None
 
 
 def lstm_forward(W_x: Array, W_h: Array, b_x: Array, b_h: Array, x: Array,
@@ -47,10 +47,11 @@ def lstm_forward(W_x: Array, W_h: Array, b_x: Array, b_h: Array, x: Array,
     """Run one layer over the window.
 
     W_x (4H, H_in), W_h (4H, H), b_x, b_h (4H,); x (T, B, H_in); h0, c0 (B, H).
-    h_mask (T, B, H), only in ``naive`` mode: the recurrent input becomes
-    D(h_{t-1}) = h_{t-1} * h_mask[t-1], a fresh mask each step (the placement the
-    paper argues against). The outputs h_1..h_T are ``cache.h[1:]``; the final
-    state is ``(cache.h[-1], cache.c[-1])``.
+    h_mask (T, B, H), only in ``naive`` and ``variational`` mode: the recurrent input
+    becomes D(h_{t-1}) = h_{t-1} * h_mask[t-1], a fresh mask each step in naive mode
+    (the placement the paper argues against), one mask repeated over the steps in
+    variational mode (a stride-0 view; Gal & Ghahramani 2016). The outputs h_1..h_T
+    are ``cache.h[1:]``; the final state is ``(cache.h[-1], cache.c[-1])``.
     """
     xp = backend.xp
     T, B, H_in = x.shape
@@ -62,7 +63,7 @@ def lstm_forward(W_x: Array, W_h: Array, b_x: Array, b_h: Array, x: Array,
     h[0], c[0] = h0, c0
     h_rec = h[:-1] if h_mask is None else xp.empty((T, B, H), dtype=x.dtype)
     for t in range(1, T + 1):
-        if h_mask is not None:  # naive mode only: dropout on the recurrent connection
+        if h_mask is not None:  # naive, variational: dropout on the recurrent connection
             backend.dropout(h[t - 1], h_mask[t - 1], out=h_rec[t - 1])
         # + W_h h_{t-1} on column vectors, as in the paper: (4H, H) @ (H, B), back to
         # (B, 4H). As fast as h_{t-1} @ W_h^T from a contiguous copy of W_h^T, without
@@ -96,7 +97,7 @@ def lstm_backward(cache: LayerCache, W_x: Array, W_h: Array, dh_out: Array,
                                    dz[t - 1], dc_prev)
         dc_next, dc_prev = dc_prev, dc_next            # dL/dc_{t-1} becomes the carried dc
         dh_next = dz[t - 1] @ W_h                      # through W_h h_{t-1}   (B, H)
-        if cache.h_mask is not None:                   # naive mode: through D(h_{t-1})
+        if cache.h_mask is not None:                   # naive, variational: through D(h_{t-1})
             backend.dropout(dh_next, cache.h_mask[t - 1], out=dh_next)
     dZ = dz.reshape(T * B, 4 * H)
     dW_x = dZ.T @ x.reshape(T * B, H_in)               # sum_t dz_t x_t^T        (4H, H_in)

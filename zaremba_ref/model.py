@@ -14,8 +14,19 @@ Parameters (a dict of named arrays, PyTorch's layout, the paper's gate order i, 
     l{l}.W_h    (4H, H)      recurrent weights of layer l (from h^l_{t-1})
     l{l}.b_x    (4H,)        input bias     } both kept so weights map one to one
     l{l}.b_h    (4H,)        recurrent bias } onto PyTorch and the paper's Torch code
-    softmax.W   (V, H)
+    softmax.W   (V, H)       absent when the embeddings are tied (below)
     softmax.b   (V,)
+
+Beyond the paper, each a small function here or in ``dropout.py``, the paper's path
+untouched when they are off:
+
+* variational dropout (Gal & Ghahramani 2016), ``mode="variational"``: one mask per
+  connection for the whole window, the recurrent h^l_{t-1} included
+  (``_time_major_masks`` repeats it over the steps; the math is naive mode's);
+* tied embeddings (Press & Wolf 2017; Inan et al. 2017), ``init_params(...,
+  tie_weights=True)``: no ``softmax.W``; y_t = E D(h^L_t) + b_s (``softmax_key``);
+* weight drop (Merity et al. 2017), ``weight_masks``: layer l runs with W_h^l * M_l
+  (``drop_weights``).
 
 Inside, arrays are time-major (T, B, ...) so that each step is a contiguous block;
 the API takes and returns batch-major (B, T) like the data.
@@ -28,8 +39,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from .backend import CPU, Backend
-from .checks import check_call
-from .dropout import draw_masks
+from .checks import check_call, check_weight_masks
+from .dropout import draw_masks, draw_weight_masks
 from .loss import log_softmax_nll, softmax_nll_and_grad
 from .lstm import lstm_backward, lstm_forward
 
@@ -37,20 +48,22 @@ Array = Any
 State = list  # [(h, c)] * L, each (B, H)
 
 
-def param_names(num_layers: int) -> list[str]:
-    """The keys of a parameter dict with ``num_layers`` layers, in a fixed order."""
+def param_names(num_layers: int, tie_weights: bool = False) -> list[str]:
+    """The keys of a parameter dict with ``num_layers`` layers, in a fixed order
+    (without ``softmax.W`` when the embeddings are tied)."""
     names = ["embedding"]
     for l in range(1, num_layers + 1):
         names += [f"l{l}.W_x", f"l{l}.W_h", f"l{l}.b_x", f"l{l}.b_h"]
-    return names + ["softmax.W", "softmax.b"]
+    return names + (["softmax.b"] if tie_weights else ["softmax.W", "softmax.b"])
 
 
 def init_params(vocab_size: int, hidden_size: int, num_layers: int, init_scale: float = 0.1,
                 seed: int | None = 0, dtype: Any = np.float32,
-                backend: Backend = CPU) -> dict[str, Array]:
+                backend: Backend = CPU, tie_weights: bool = False) -> dict[str, Array]:
     """Parameters drawn uniform(-init_scale, init_scale), all of them, biases and
     embedding included, as the paper's code does. Drawn on the host with NumPy
-    (so a seed gives the same model on every backend), then moved to ``backend``."""
+    (so a seed gives the same model on every backend), then moved to ``backend``.
+    ``tie_weights``: no ``softmax.W``, the embedding serves as W_s (see softmax_key)."""
     if min(vocab_size, hidden_size, num_layers) < 1 or init_scale < 0:
         raise ValueError("vocab_size, hidden_size, num_layers must be >= 1 and "
                          f"init_scale >= 0, got {vocab_size}, {hidden_size}, {num_layers}, "
@@ -62,7 +75,7 @@ def init_params(vocab_size: int, hidden_size: int, num_layers: int, init_scale: 
                        f"l{l}.b_x": (4 * H,), f"l{l}.b_h": (4 * H,)})
     rng = np.random.default_rng(seed)
     return {k: backend.asarray(rng.uniform(-init_scale, init_scale, shapes[k]), dtype=dtype)
-            for k in param_names(num_layers)}
+            for k in param_names(num_layers, tie_weights)}
 
 
 def num_layers_of(params: dict[str, Array]) -> int:
@@ -72,8 +85,8 @@ def num_layers_of(params: dict[str, Array]) -> int:
 
 def zero_state(params: dict[str, Array], batch_size: int, backend: Backend = CPU) -> State:
     """The all-zero state [(h_0, c_0)] * L, each (B, H), that starts every pass."""
-    H = params["softmax.W"].shape[1]
-    z = lambda: backend.xp.zeros((batch_size, H), dtype=params["softmax.W"].dtype)  # noqa: E731
+    H = params["embedding"].shape[1]
+    z = lambda: backend.xp.zeros((batch_size, H), dtype=params["embedding"].dtype)  # noqa: E731
     return [(z(), z()) for _ in range(num_layers_of(params))]
 
 
@@ -99,51 +112,89 @@ def _forward(params, inputs, state, masks, backend):
     return caches, x.reshape(T * B, H)
 
 
+def softmax_key(params: dict[str, Array]) -> str:
+    """The key of W_s in y = W_s D(h^L) + b_s: ``softmax.W``, or ``embedding`` when the
+    input and output embeddings are tied (Press & Wolf 2017; Inan et al. 2017)::
+
+        y_t = E D(h^L_t) + b_s          dL/dE = sum of its two uses (rows, and W_s)
+    """
+    return "softmax.W" if "softmax.W" in params else "embedding"
+
+
 def _logits(params, hD):
     """The output layer, y = W_s D(h^L) + b_s, for D(h^L) (T*B, H): logits (T*B, V)."""
-    y = hD @ params["softmax.W"].T                      # (T*B, H) @ (H, V)
+    y = hD @ params[softmax_key(params)].T              # (T*B, H) @ (H, V)
     y += params["softmax.b"]
     return y
 
 
 def _time_major_masks(masks, mode, p, rng, params, inputs, backend):
-    """The caller's masks, or masks drawn from ``rng``, as (T, B, H) views."""
+    """The caller's masks, or masks drawn from ``rng``, as (T, B, H) views. A
+    variational mask (B, H) becomes one view repeated over the T steps (stride 0):
+    the same mask at every step, through naive mode's code."""
+    B, T = inputs.shape
     if masks is None:
-        B, T = inputs.shape
-        H = params["softmax.W"].shape[1]
-        masks = draw_masks(rng, p, mode, num_layers_of(params), B, T, H,
-                           params["softmax.W"].dtype)
+        E = params["embedding"]
+        masks = draw_masks(rng, p, mode, num_layers_of(params), B, T, E.shape[1], E.dtype)
+    if mode == "variational":
+        return [backend.xp.broadcast_to(m, (T, B, m.shape[1])) for m in masks]
     return [m.transpose(1, 0, 2) for m in masks]
+
+
+def drop_weights(params: dict[str, Array], weight_masks: Sequence[Array],
+                 backend: Backend = CPU) -> dict[str, Array]:
+    """Weight drop (Merity et al. 2017; DropConnect on the recurrent weights)::
+
+        W~_h^l = W_h^l * M_l        M_l (4H, H), 0 or 1/(1-p), drawn once per window
+
+    Layer l runs with W~_h^l at every step; by the chain rule dL/dW_h^l = dL/dW~_h^l
+    * M_l (the same product, as for any dropout). Returns ``params`` with each W_h
+    replaced (new arrays; ``params`` itself is untouched), or ``params`` if no masks.
+    """
+    dropped = {f"l{l}.W_h": backend.dropout(params[f"l{l}.W_h"], M,
+                                            out=backend.xp.empty_like(M))
+               for l, M in enumerate(weight_masks, start=1)}
+    return dict(params, **dropped) if dropped else params
 
 
 def loss_and_grads(params: dict[str, Array], inputs: Array, targets: Array,
                    state: State | None = None, masks: Sequence[Array] | None = None, *,
                    dropout: float = 0.0, mode: str = "zaremba", rng: Any = None,
-                   dstate: State | None = None, backend: Backend = CPU):
+                   dstate: State | None = None, backend: Backend = CPU,
+                   weight_masks: Sequence[Array] | None = None, weight_drop: float = 0.0):
     """Forward and backward through one window of T steps.
 
     inputs, targets (B, T) int: word ids, targets[b, t] the word after inputs[b, t].
     state: [(h_0, c_0)] * L, each (B, H), carried from the previous window (zeros if None).
-    masks: the dropout masks (see ``dropout.py``), (B, T, H) each, already scaled; if
-      None and ``dropout`` > 0 they are drawn from ``rng``. ``mode``: zaremba|naive|none.
+    masks: the dropout masks (see ``dropout.py``), (B, T, H) each ((B, H) in
+      variational mode), already scaled; if None and ``dropout`` > 0 they are drawn
+      from ``rng``. ``mode``: zaremba|naive|variational|none.
     dstate: optional [(dL/dh_T, dL/dc_T)] * L from beyond the window (gradient checks).
+    weight_masks: weight drop's [M_1 .. M_L], (4H, H) each, already scaled; if None and
+      ``weight_drop`` > 0 they are drawn from ``rng`` (after ``masks``). The gradient
+      ``grads["l{l}.W_h"]`` is with respect to W_h itself (so it is masked).
 
     Returns (loss, grads, final_state): loss the mean NLL per token; grads keyed like
     params, plus ``grads["state"]`` = [(dL/dh_0, dL/dc_0)] * L; final_state [(h_T, c_T)] * L.
     """
     state = check_call(params, inputs, targets, state, masks, dropout, mode, rng, dstate,
                        backend)
+    check_weight_masks(params, weight_masks, weight_drop, rng)
     xp = backend.xp
     L = num_layers_of(params)
     tm_masks = _time_major_masks(masks, mode, dropout, rng, params, inputs, backend)
-    caches, hD = _forward(params, inputs, state, tm_masks, backend)
+    if weight_masks is None:
+        E = params["embedding"]
+        weight_masks = draw_weight_masks(rng, weight_drop, L, E.shape[1], E.dtype)
+    net = drop_weights(params, weight_masks, backend)   # params, or W_h * M_l (weight drop)
+    caches, hD = _forward(net, inputs, state, tm_masks, backend)
 
     # Output layer and loss
-    y = _logits(params, hD)                             # (T*B, V)
-    W_s = params["softmax.W"]
+    y = _logits(net, hD)                                # (T*B, V)
+    W_s = net[softmax_key(net)]
     w = targets.T.reshape(-1)                           # time-major like y       (T*B,)
     loss, dy = softmax_nll_and_grad(y, w, backend)      # dy = (softmax - onehot) / N
-    grads = {"softmax.W": dy.T @ hD,                    # (V, H)
+    grads = {softmax_key(net): dy.T @ hD,               # (V, H)
              "softmax.b": xp.ones(len(dy), dy.dtype) @ dy}  # sum over rows, by BLAS  (V,)
     B, T = inputs.shape
     dx = (dy @ W_s).reshape(T, B, -1)                   # dL/dD(h^L)              (T, B, H)
@@ -155,14 +206,17 @@ def loss_and_grads(params: dict[str, Array], inputs: Array, targets: Array,
             backend.dropout(dx, tm_masks[l], out=dx)    # through D(h^l): dx * mask
         dh_T, dc_T = dstate[l - 1] if dstate is not None else (xp.zeros_like(state[0][0]),) * 2
         dx, dW_x, dW_h, db, dh_0, dc_0 = lstm_backward(
-            caches[l - 1], params[f"l{l}.W_x"], params[f"l{l}.W_h"], dx, dh_T, dc_T, backend)
+            caches[l - 1], net[f"l{l}.W_x"], net[f"l{l}.W_h"], dx, dh_T, dc_T, backend)
         grads.update({f"l{l}.W_x": dW_x, f"l{l}.W_h": dW_h, f"l{l}.b_x": db, f"l{l}.b_h": db.copy()})
         grads["state"][l - 1] = (dh_0, dc_0)
     if tm_masks:
         backend.dropout(dx, tm_masks[0], out=dx)        # through D(h^0)
-    dE = xp.zeros_like(params["embedding"])
+    dE = grads.get("embedding")                         # tied: dL/dW_s is already there
+    dE = xp.zeros_like(params["embedding"]) if dE is None else dE
     backend.scatter_add(dE, inputs.T.reshape(-1), dx.reshape(-1, dx.shape[2]))  # rows of used words
     grads["embedding"] = dE
+    for l, M in enumerate(weight_masks, start=1):       # through W_h * M_l: dL/dW_h * M_l
+        backend.dropout(grads[f"l{l}.W_h"], M, out=grads[f"l{l}.W_h"])
     final_state = [(cache.h[-1].copy(), cache.c[-1].copy()) for cache in caches]
     return loss, grads, final_state
 

@@ -35,6 +35,14 @@ Two layouts are supported, each both ways:
   The Lua state is a flat table ``{c^1, h^1, c^2, h^2, ...}`` (``prev_s:split(2 *
   layers)``, cell before hidden); :func:`state_to_torch7` and
   :func:`state_from_torch7` convert our ``[(h, c)] * L`` to and from it.
+
+Tied embeddings (beyond the paper; ``init_params(..., tie_weights=True)``, no
+``softmax.W``): both layouts keep their output key, written equal to the embedding
+(``decoder.weight`` = ``embedding.weight``, ``h2y.weight`` = ``lookup.weight``), as a
+PyTorch model whose decoder shares the embedding's Parameter saves it. For gradients
+that is the right value too: the shared Parameter's ``.grad`` is the sum of both uses,
+which is our ``grads["embedding"]``. Reading back, a state_dict whose output weight
+equals its embedding (or is absent) gives tied params, unless ``tie_weights`` says.
 """
 
 from __future__ import annotations
@@ -93,18 +101,28 @@ def _key_pairs(layout, num_layers: int) -> list[tuple[str, str, bool]]:
 
 def _to(layout, params_or_grads: dict[str, Any]) -> dict[str, np.ndarray]:
     p = _host(params_or_grads)
+    if "softmax.W" not in p:                       # tied: their output weight is E
+        p["softmax.W"] = p["embedding"]
     L = sum(1 for k in p if k.endswith(".W_h"))
     return {theirs: _reorder(p[ours], layout[1]) if gated else p[ours]
             for ours, theirs, gated in _key_pairs(layout, L)}
 
 
-def _from(layout, d: dict[str, Any]) -> dict[str, np.ndarray]:
+def _from(layout, d: dict[str, Any], tie_weights: bool | None) -> dict[str, np.ndarray]:
     sd = _host(d)
     W_h = layout[0]["l{l}.W_h"]
     L = sum(1 for l in range(1, len(sd) + 1) if W_h.format(l=l, k=l - 1) in sd)
     back = _inverse(layout[1])
-    return {ours: np.ascontiguousarray(_reorder(sd[theirs], back) if gated else sd[theirs])
-            for ours, theirs, gated in _key_pairs(layout, L)}
+    E, W_s = layout[0]["embedding"], layout[0]["softmax.W"]
+    if tie_weights is None:                        # tied when W_s is E (or absent)
+        tie_weights = W_s not in sd or np.array_equal(sd[W_s], sd[E])
+    if tie_weights:
+        sd[W_s] = sd[E]
+    params = {ours: np.ascontiguousarray(_reorder(sd[theirs], back) if gated else sd[theirs])
+              for ours, theirs, gated in _key_pairs(layout, L)}
+    if tie_weights:
+        del params["softmax.W"]
+    return params
 
 
 def params_to_torch(params_or_grads: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -116,9 +134,12 @@ def params_to_torch(params_or_grads: dict[str, Any]) -> dict[str, np.ndarray]:
     return _to(TORCH, params_or_grads)
 
 
-def params_from_torch(state_dict: dict[str, Any]) -> dict[str, np.ndarray]:
-    """A PyTorch state_dict (tensors or arrays, keys as above) as our params dict."""
-    return _from(TORCH, state_dict)
+def params_from_torch(state_dict: dict[str, Any],
+                      tie_weights: bool | None = None) -> dict[str, np.ndarray]:
+    """A PyTorch state_dict (tensors or arrays, keys as above) as our params dict.
+    ``tie_weights``: None infers it (``decoder.weight`` absent or equal to
+    ``embedding.weight``: tied, no ``softmax.W``); True or False says."""
+    return _from(TORCH, state_dict, tie_weights)
 
 
 def params_to_torch7(params_or_grads: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -131,9 +152,11 @@ def params_to_torch7(params_or_grads: dict[str, Any]) -> dict[str, np.ndarray]:
     return _to(TORCH7, params_or_grads)
 
 
-def params_from_torch7(d: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Weights keyed as in :func:`params_to_torch7` (arrays or tensors) as our params."""
-    return _from(TORCH7, d)
+def params_from_torch7(d: dict[str, Any],
+                       tie_weights: bool | None = None) -> dict[str, np.ndarray]:
+    """Weights keyed as in :func:`params_to_torch7` (arrays or tensors) as our params
+    (``tie_weights`` as in :func:`params_from_torch`, with h2y and lookup)."""
+    return _from(TORCH7, d, tie_weights)
 
 
 def state_to_torch7(state: list) -> list:

@@ -129,7 +129,8 @@ def one_of(*choices: str) -> Rule:
 
 
 def switch() -> Rule:
-    """A bool, typed as true/false (yes/no, on/off, 1/0) on the command line."""
+    """A bool: on the command line a switch, ``--flag`` / ``--no-flag`` (add_option);
+    in a configuration, true or false."""
     return Rule(bool)
 
 
@@ -155,9 +156,11 @@ def add_option(parser: Any, flag: str, rule: Rule, help: str | None = None,
                **kwargs: Any) -> argparse.Action:
     """``parser.add_argument(flag, ...)`` with ``rule`` as its type, its choices and
     its range in the help (``help=argparse.SUPPRESS`` stays hidden)."""
-    if help is not argparse.SUPPRESS and rule.kind is bool:
-        help = f"{help + '; ' if help else ''}true or false"
-    elif help is not argparse.SUPPRESS and rule.choices is None and rule.kind is not str:
+    if rule.kind is bool:       # a switch that takes no value: --tie-weights / --no-...
+        kwargs.pop("metavar", None)
+        return parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help,
+                                   **kwargs)
+    if help is not argparse.SUPPRESS and rule.choices is None and rule.kind is not str:
         kind = "integer" if rule.kind is int else "number"
         help = f"{help + '; ' if help else ''}{kind} {rule.describe()}"
     if rule.choices is not None:

@@ -8,7 +8,9 @@ V words; step t of the window is index t - 1.
     state.{l}.h, state.{l}.c  (B, H)      the initial state of layer l (l = 1..L)
     mask.{k}                  (T, B, H)   the dropout masks used (see ``dropout.py``;
                                           k = 0..L feed layer k+1 / the softmax,
-                                          L+l the recurrent input of layer l, naive)
+                                          L+l the recurrent input of layer l, naive
+                                          and variational; a variational mask is
+                                          written out at each of the T steps)
     input                     (T, B, H)   h^0_t, the embedding rows of the inputs
     l{l}.x                    (T, B, H)   the input of layer l, D(h^{l-1}_t)
     l{l}.z                    (T, B, 4H)  pre-activations W_x x_t + b_x + W_h h_{t-1}
@@ -16,7 +18,7 @@ V words; step t of the window is index t - 1.
                                           h_{t-1} is D(h_{t-1}))
     l{l}.i, .f, .o, .g        (T, B, H)   the gates
     l{l}.c, l{l}.h            (T, B, H)   c^l_t and h^l_t for t = 1..T
-    logits                    (T, B, V)   y_t = W_s D(h^L_t) + b_s
+    logits                    (T, B, V)   y_t = W_s D(h^L_t) + b_s (W_s = E if tied)
     loss                      ()          mean NLL per token (without the dstate term)
     grad.{name}               like params every gradient of ``loss_and_grads``
     grad.state.{l}.h, .c      (B, H)      dJ/dh_0, dJ/dc_0 of layer l
@@ -31,6 +33,11 @@ To hand to another implementation: the same params (``oracle.py`` converts the
 layouts), ``state.*``, ``mask.*`` and the word ids; then compare its arrays with
 ``compare`` below (reorder gate blocks first, see ``oracle.py``).
 
+Weight drop (beyond the paper) has no argument here: to trace a weight-dropped window,
+pass ``model.drop_weights(params, weight_masks)`` as the params (the gradient
+``grad.l{l}.W_h`` is then taken with respect to W_h * M_l; multiply it by M_l for the
+one ``loss_and_grads`` returns).
+
 ``zaremba_ref.trace`` is the function; import this module's other names with
 ``from zaremba_ref.trace import compare_traces, load_trace``.
 """
@@ -44,7 +51,8 @@ import numpy as np
 from .backend import CPU
 from .checks import check_call
 from .dropout import draw_masks
-from .model import _forward, loss_and_grads, num_layers_of, param_names
+from .model import (_forward, _logits, _time_major_masks, loss_and_grads, num_layers_of,
+                    param_names)
 
 
 def trace(params: dict, inputs: np.ndarray, targets: np.ndarray, state: list | None = None,
@@ -76,7 +84,7 @@ def trace(params: dict, inputs: np.ndarray, targets: np.ndarray, state: list | N
     out: dict[str, np.ndarray] = {}
     for l, (h, c) in enumerate(state, start=1):
         out[f"state.{l}.h"], out[f"state.{l}.c"] = h.copy(), c.copy()
-    tm_masks = [m.transpose(1, 0, 2) for m in masks] if masks else []
+    tm_masks = _time_major_masks(masks, mode, 0.0, None, params, inputs, CPU) if masks else []
     for k, m in enumerate(tm_masks):
         out[f"mask.{k}"] = np.ascontiguousarray(m)
     out["input"] = params["embedding"][inputs.T]                 # h^0_t       (T, B, H)
@@ -91,9 +99,9 @@ def trace(params: dict, inputs: np.ndarray, targets: np.ndarray, state: list | N
             out[f"l{l}.{gate}"] = cache.gates[..., j * H:(j + 1) * H].copy()
         out[f"l{l}.c"] = cache.c[1:].copy()
         out[f"l{l}.h"] = cache.h[1:].copy()
-    out["logits"] = (hD @ params["softmax.W"].T + params["softmax.b"]).reshape(T, B, V)
+    out["logits"] = _logits(params, hD).reshape(T, B, V)
     out["loss"] = np.array(loss, dtype=np.float64)
-    for name in param_names(L):
+    for name in param_names(L, tie_weights="softmax.W" not in params):
         out[f"grad.{name}"] = grads[name]
     for l, (dh, dc) in enumerate(grads["state"], start=1):
         out[f"grad.state.{l}.h"], out[f"grad.state.{l}.c"] = dh, dc

@@ -95,7 +95,7 @@ def train_step(params: dict, inputs: Any, targets: Any, state: list, config: Con
     Returns (mean NLL of the window, gradient norm before clipping, final state)."""
     loss, grads, state = loss_and_grads(params, inputs, targets, state,
                                         dropout=config.dropout, mode=config.mode, rng=rng,
-                                        backend=backend)
+                                        weight_drop=config.weight_drop, backend=backend)
     norm = sgd_step(params, grads, lr, config.max_grad_norm, config.loss_scale, backend)
     return loss, norm, state
 
@@ -281,7 +281,7 @@ def train(config: Config, corpus: Corpus, run_dir: str | Path, *, backend: Backe
                                   "choose another --out")
         params = init_params(config.vocab_size, config.hidden_size, config.num_layers,
                              config.init_scale, seed=seed, dtype=np.dtype(dtype),
-                             backend=backend)
+                             backend=backend, tie_weights=config.tie_weights)
         state = zero_state(params, config.batch_size, backend)
         epoch, step, global_step, loss_sum, words = 1, 0, 0, 0.0, 0
 
