@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import import_torch
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
 TINY = ["--config", "small", "--hidden-size", "16", "--num-steps", "5", "--batch-size", "4",
         "--steps", "2", "--repeats", "1", "--warmup", "1", "--threads", "1"]
@@ -48,7 +50,7 @@ def test_bench_without_torch():
 
 
 def test_bench_with_torch():
-    pytest.importorskip("torch")
+    import_torch()
     proc, row = run(*TINY, "--dtype", "float64", "--json-only")
     check_row(row, torch=True)
     assert row["dtype"] == "float64"

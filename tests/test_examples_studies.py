@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, import_torch
 
 
 def load_example(name: str):
@@ -94,7 +94,7 @@ def test_dropout_placement_bad_options(toy_data, tmp_path, capsys):
 
 
 def test_check_against_torch_agrees():
-    pytest.importorskip("torch", reason="PyTorch is not installed")
+    import_torch()
     example = load_example("check_against_torch")
     assert example.main(["--layers", "3", "--steps", "4"]) == 0
     assert example.main(["--dropout", "0", "--steps", "1", "--layers", "1"]) == 0

@@ -271,3 +271,65 @@ def test_bad_params_raise():
                          np.zeros((1, 1), int))
     with pytest.raises(ValueError, match="must be >= 1"):
         z.init_params(0, 4, 2)
+
+
+# -- holes found by the issue-15 mutation audit: each test below fails on the named bug ----
+
+def test_clipping_fires_on_the_scaled_norm():
+    """Paper: clip the norm of the objective's gradient, T * g. Hand computation with
+    ||g|| = 5, loss_scale T = 20, max_norm 5: the scaled norm is 100, s = 5/100, and
+    p <- p - lr * s * T * g = p - 0.5 * g. (Clipping the unscaled norm, 5, would not
+    fire and would step 20 times further.)"""
+    params = {"a": np.ones(3), "b": np.zeros((2, 2))}
+    grads = {"a": np.array([3.0, 0, 0]), "b": np.array([[0, 4.0], [0, 0]]), "state": None}
+    before = {k: v.copy() for k, v in params.items()}
+    norm = z.sgd_step(params, grads, lr=0.5, max_norm=5.0, loss_scale=20.0)
+    assert norm == 100.0
+    for k in params:
+        np.testing.assert_allclose(params[k], before[k] - 0.5 * grads[k], rtol=1e-15)
+    # between the two norms: ||g|| = 5 < max_norm = 10 < T ||g|| = 100: it must fire
+    params = {k: v.copy() for k, v in before.items()}
+    z.sgd_step(params, grads, lr=1.0, max_norm=10.0, loss_scale=20.0)
+    np.testing.assert_allclose(params["a"], before["a"] - (10 / 100) * 20 * grads["a"])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_log_softmax_is_stable_for_logits_up_to_1e4(dtype):
+    """Logits in [-1e4, 1e4] (rows with one huge winner, rows of near ties, a target
+    with probability ~e^-20000): loss and gradient finite and equal to a float64
+    reference computed with logaddexp (no shift can be forgotten there)."""
+    from zaremba_ref.loss import log_softmax_nll, softmax_nll_and_grad
+    rng = np.random.default_rng(0)
+    N, V = 8, 50
+    y = rng.uniform(-1e4, 1e4, (N, V))
+    y[1] = -1e4
+    y[1, 7] = 1e4                                     # one winner, everything else ~0
+    y[2] = 1e4 - rng.uniform(0, 3, V)                 # near ties at the top
+    y[3] = 100.0 + rng.normal(size=V)                 # a float32 logit of 100: e^100 = inf
+    y = y.astype(dtype)
+    w = rng.integers(0, V, N)
+    w[1], w[2] = 3, 5                                 # a hopeless target, a contested one
+    y64 = y.astype(np.float64)
+    lse = np.logaddexp.reduce(y64, axis=1)
+    want_loss = float(np.mean(lse - y64[np.arange(N), w]))
+    want_grad = np.exp(y64 - lse[:, None])
+    want_grad[np.arange(N), w] -= 1
+    want_grad /= N
+    loss, _ = log_softmax_nll(y.copy(), w, CPU)
+    loss2, grad = softmax_nll_and_grad(y.copy(), w, CPU)
+    assert np.isfinite(loss) and loss == loss2
+    rtol = 1e-6 if dtype == np.float32 else 1e-13
+    assert abs(loss - want_loss) <= rtol * abs(want_loss), (loss, want_loss)
+    assert grad.dtype == dtype and np.isfinite(grad).all()
+    np.testing.assert_allclose(grad, want_grad, rtol=0, atol=1e-6 if dtype == np.float32
+                               else 1e-12)
+    # and through the model: a float32 softmax bias of 100 on one word (training and
+    # evaluation both)
+    params = z.init_params(9, 4, 1, 0.1, seed=0, dtype=dtype)
+    params["softmax.b"][2] = 100.0
+    x = rng.integers(0, 9, (2, 3))
+    t = np.full((2, 3), 4)
+    loss, grads, _ = z.loss_and_grads(params, x, t)
+    assert np.isfinite(loss) and loss > 90 and all(np.isfinite(g).all() for k, g in
+                                                   grads.items() if k != "state")
+    assert z.loss_only(params, x, t)[0] == pytest.approx(loss, rel=1e-6)

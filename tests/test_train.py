@@ -41,6 +41,30 @@ def test_presets_are_the_papers_section_4_1():
     assert s.objective == "sum_steps" and s.loss_scale == 20.0 and m.mode == "zaremba"
 
 
+def test_loss_scale_is_t_not_b_and_clipping_uses_the_scaled_norm():
+    """T = 7 != B = 3, so the scale cannot be the batch size by accident. One real
+    train_step against the hand computation from loss_and_grads' gradient g:
+    unclipped, p - lr T g and the norm T ||g||; clipped with ||g|| < max_norm < T ||g||,
+    p - lr (max_norm / (T ||g||)) T g."""
+    from zaremba_ref.model import init_params, loss_and_grads
+    from zaremba_ref.train import train_step
+    config = Config(num_layers=2, hidden_size=5, num_steps=7, batch_size=3, vocab_size=11)
+    assert config.loss_scale == 7.0 and config.replace(objective="mean").loss_scale == 1.0
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 11, (3, 7)), rng.integers(0, 11, (3, 7))
+    p0 = init_params(11, 5, 2, 0.3, seed=1, dtype=np.float64)
+    _, g, _ = loss_and_grads(p0, x, y)
+    gnorm = float(np.sqrt(sum(np.sum(g[k] ** 2) for k in p0)))
+    for max_norm, step in [(1e6, 7.0), (2 * gnorm, 2 * gnorm / (7 * gnorm) * 7)]:
+        params = {k: v.copy() for k, v in p0.items()}
+        _, norm, _ = train_step(params, x, y, None, config.replace(max_grad_norm=max_norm),
+                                0.3, None)
+        assert norm == pytest.approx(7 * gnorm, rel=1e-12)
+        for k in p0:
+            np.testing.assert_allclose(params[k], p0[k] - 0.3 * step * g[k], rtol=1e-12,
+                                       atol=1e-15, err_msg=k)
+
+
 def _corpus(toy_data: Path) -> Corpus:
     return load_ptb(toy_data, verify=False)
 
@@ -125,8 +149,61 @@ def test_resume_after_a_real_kill_is_bit_identical(toy_data, tmp_path, sig):
     assert "resuming" in resumed.stdout.read()
     a, b = _final_params(tmp_path / "ref"), _final_params(run)
     assert all(np.array_equal(a[k], b[k]) for k in a)        # bit for bit
+    # and not by starting over: the resumed process made only the steps that were left
+    total = load_checkpoint(tmp_path / "ref")[2]["global_step"]
+    segments = [json.loads(line) for line in (run / "segments.jsonl").read_text().splitlines()]
+    assert segments[-2]["event"] == "start" and segments[-2]["resume"]
+    assert segments[-2]["global_step"] == meta["global_step"]
+    assert segments[-1]["steps"] == total - meta["global_step"] > 0
     last = lambda d: json.loads((d / "metrics.jsonl").read_text().splitlines()[-1])  # noqa: E731
     assert last(tmp_path / "ref")["test_ppl"] == last(run)["test_ppl"]
+
+
+def test_resume_continues_the_saved_run_and_a_restart_cannot_pass(toy_data, tmp_path,
+                                                                   monkeypatch):
+    """A restart that loads the checkpoint and then starts over ends with the same bits
+    as an uninterrupted run, so bit-identity alone cannot tell. Here: (1) the resumed
+    call makes exactly the steps left after the checkpoint (counted by a spy on
+    train_step); (2) parameters changed inside the checkpoint carry to the end: the
+    result equals the saved state continued by hand (the remaining windows with the
+    saved generator and carried state), and differs from the run that never stopped."""
+    import zaremba_ref.train as trainer
+    from zaremba_ref.checkpoint import save_checkpoint
+    from zaremba_ref.data import batchify, num_windows, windows
+    from zaremba_ref.optim import learning_rate
+    corpus = _corpus(toy_data)
+    config = TINY.replace(vocab_size=corpus.vocab_size, dropout=0.3, max_epoch=1)
+    n = num_windows(batchify(corpus.train, config.batch_size), config.num_steps)
+    k = n // 3
+    train(config, corpus, tmp_path / "full", seed=5, save_every=0, out=io.StringIO())
+    run = tmp_path / "run"
+    train(config, corpus, run, seed=5, save_every=0, max_steps=k, out=io.StringIO())
+    params, state, meta, vocab = load_checkpoint(run)
+    assert (meta["epoch"], meta["step"], meta["global_step"]) == (1, k, k)
+    params["softmax.b"] += np.float32(0.25)                  # a change a restart would lose
+    params["l1.W_h"] *= np.float32(0.5)
+    meta.pop("format")
+    save_checkpoint(run, params, state, meta, vocab)
+
+    rng = np.random.default_rng()
+    rng.bit_generator.state = meta["rng"]
+    lr = learning_rate(1, config.lr, config.decay_start, config.lr_decay)
+    want, carried = {name: v.copy() for name, v in params.items()}, state
+    for x, y in windows(batchify(corpus.train, config.batch_size), config.num_steps, start=k):
+        _, _, carried = trainer.train_step(want, x, y, carried, config, lr, rng)
+
+    calls = []
+    real_step = trainer.train_step
+    monkeypatch.setattr(trainer, "train_step",
+                        lambda *a, **kw: calls.append(1) or real_step(*a, **kw))
+    summary = train(config, corpus, run, seed=5, resume=True, save_every=0, out=io.StringIO())
+    assert summary["status"] == "done" and len(calls) == n - k
+    final, _, meta, _ = load_checkpoint(run)
+    assert (meta["epoch"], meta["global_step"]) == (2, n)
+    for name in want:
+        np.testing.assert_array_equal(final[name], want[name], err_msg=name)
+    uninterrupted = load_checkpoint(tmp_path / "full")[0]
+    assert not np.array_equal(final["softmax.b"], uninterrupted["softmax.b"])
 
 
 def test_corrupt_or_mismatched_checkpoint_is_refused_and_kept(toy_data, tmp_path, capsys):
