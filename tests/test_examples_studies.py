@@ -53,9 +53,11 @@ def test_dropout_placement_smoke_on_a_toy_corpus(toy_data, tmp_path, capsys):
                        *TINY])
     assert code == 0
     records = check_study(out, capsys.readouterr().out)
-    # the modes differ only in where dropout goes
+    # the modes differ only in where dropout goes: every pair of them differs
     by_mode = {r["mode"]: r for r in records if r["epoch"] == 2}
-    assert by_mode["none"]["valid_ppl"] != by_mode["zaremba"]["valid_ppl"]
+    for a, b in (("none", "zaremba"), ("none", "naive"), ("naive", "zaremba")):
+        assert by_mode[a]["valid_ppl"] != by_mode[b]["valid_ppl"], (a, b)
+        assert by_mode[a]["train_ppl"] != by_mode[b]["train_ppl"], (a, b)
     assert (out / "placement.png").exists() == (importlib.util.find_spec("matplotlib")
                                                 is not None)
 

@@ -61,6 +61,42 @@ def test_gradient_check_catches_a_wrong_gradient():
     assert max(z.check_gradients(params, x, y, state, masks, dstate=dstate).values()) < 1e-6
 
 
+@settings(max_examples=8, deadline=None)
+@given(V=st.integers(2, 6), H=st.integers(1, 3), L=st.integers(1, 2), B=st.integers(1, 2),
+       T=st.integers(1, 3), mode=st.sampled_from(z.MODES), seed=st.integers(0, 2**31))
+def test_every_entry_of_small_tensors_matches_finite_differences(V, H, L, B, T, mode, seed):
+    """Beside the sampled check above: every entry of every (small) tensor, each one
+    measured against itself (floor 1e-8, ~100x the differences' noise), so a wrong
+    small entry next to a large one cannot pass."""
+    rng = np.random.default_rng(seed)
+    params, x, y, state, dstate, masks = random_case(rng, V, H, L, B, T, mode)
+    errors = z.check_gradients(params, x, y, state, masks, mode=mode, dstate=dstate,
+                               max_entries=10**6, elementwise=True, floor=1e-8)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= 1e-3, (worst, errors[worst])
+
+
+def test_elementwise_check_sees_a_wrong_small_entry_that_the_sampled_one_misses():
+    """A softmax gradient that flushes probabilities below 1e-6 to zero: the gradient
+    of three words with probability ~1e-8 is lost. Relative to the tensor's largest
+    entry that is ~1e-7 and passes the sampled check; entry by entry it is >10%."""
+    def flushing(y, sums, w, scale):
+        g = CPU.softmax_cross_entropy_grad(y, sums, w, scale)
+        g[np.abs(g) < 1e-6 * scale] = 0
+        return g
+
+    rng = np.random.default_rng(6)
+    params, x, y, state, dstate, masks = random_case(rng, 8, 3, 1, 2, 3, "zaremba")
+    params["softmax.b"][5:] = -18.0           # words 5-7: p ~ 1e-8, and never targets
+    y = y % 5
+    broken = dataclasses.replace(CPU, softmax_cross_entropy_grad=flushing)
+    args = (params, x, y, state, masks)
+    assert max(z.check_gradients(*args, dstate=dstate, backend=broken).values()) <= 1e-6
+    every = dict(dstate=dstate, max_entries=10**6, elementwise=True, floor=1e-8)
+    assert z.check_gradients(*args, **every, backend=broken)["softmax.b"] > 0.1
+    assert max(z.check_gradients(*args, **every).values()) <= 1e-3
+
+
 def test_one_window_equals_shorter_windows_with_state_carried():
     rng = np.random.default_rng(1)
     V, H, L, B, T = 11, 4, 2, 3, 7
