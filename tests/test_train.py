@@ -87,6 +87,27 @@ def test_training_lowers_validation_perplexity(toy_data, tmp_path):
     assert "epoch 1/2" in out.getvalue()                     # plain progress lines (not a tty)
 
 
+def test_learning_quality_beats_every_model_that_ignores_the_context(tmp_path):
+    """The learning-quality check of the default suite (~20 s). The corpus is a Markov
+    chain: each word has 3 likely successors, so the previous words predict the next
+    one. No model that ignores them (one that learns only the softmax bias, say) can
+    do better on valid than the entropy of valid's own word frequencies (the
+    minimum over all fixed distributions of the cross-entropy). The trained model
+    must reach under half of that perplexity, and the test pass must agree."""
+    from conftest import write_toy_corpus
+    corpus = load_ptb(write_toy_corpus(tmp_path / "chain", (40_000, 4_000, 4_000)),
+                      verify=False)
+    counts = np.bincount(corpus.valid, minlength=corpus.vocab_size)
+    freq = counts[counts > 0] / counts.sum()
+    context_free = float(np.exp(-(freq * np.log(freq)).sum()))   # its best perplexity
+    config = TINY.replace(vocab_size=corpus.vocab_size, hidden_size=32, num_steps=10,
+                          batch_size=10, init_scale=0.1, max_epoch=3, decay_start=2)
+    summary = train(config, corpus, tmp_path / "run", out=io.StringIO())
+    assert context_free > 25                                     # ~31 on this corpus
+    assert summary["valid_ppl"] < 0.5 * context_free, (summary, context_free)
+    assert summary["test_ppl"] < 0.5 * context_free, (summary, context_free)
+
+
 def test_real_ptb_smoke_validation_perplexity_falls(ptb_dir, tmp_path):
     """A tiny model on the real PTB for a few hundred steps."""
     corpus = load_ptb(ptb_dir)
