@@ -61,7 +61,7 @@ def toy_data(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def ptb_dir() -> Path:
-    """The real PTB directory from $ZAREMBA_REF_DATA, or skip."""
+    """The real PTB directory from $ZAREMBA_REF_DATA, or skip (under CI=true, fail)."""
     d = os.environ.get("ZAREMBA_REF_DATA")
     if not d or not (Path(d) / "ptb.train.txt").exists():
         skip_or_fail("real PTB not available: set ZAREMBA_REF_DATA=DIR (CI sets it to "
