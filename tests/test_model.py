@@ -268,6 +268,19 @@ def test_global_norm_clipping_and_sgd():
     np.testing.assert_allclose(params["a"], before["a"] - 3.0 * grads["a"])
 
 
+def test_sgd_step_takes_the_norm_on_the_backend_it_is_given():
+    """The norm is summed on the device (the backend's xp), one vdot per parameter;
+    only the scalar comes back. A NumPy norm of CuPy arrays would fail on a GPU."""
+    from types import SimpleNamespace
+    calls = []
+    xp = SimpleNamespace(vdot=lambda a, b: calls.append(a.shape) or np.vdot(a, b))
+    backend = dataclasses.replace(CPU, xp=xp)
+    params = {"a": np.ones(3), "b": np.zeros((2, 2))}
+    grads = {"a": np.array([3.0, 0, 0]), "b": np.array([[0, 4.0], [0, 0]])}
+    assert z.sgd_step(params, grads, lr=0.1, max_norm=1.0, backend=backend) == 5.0
+    assert calls == [(3,), (4,)]
+
+
 def test_learning_rate_schedule_follows_the_paper():
     lrs = [z.learning_rate(e, 1.0, 4, 2.0) for e in range(1, 8)]
     assert lrs == [1, 1, 1, 1, 0.5, 0.25, 0.125]
