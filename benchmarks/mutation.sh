@@ -13,6 +13,8 @@
 # (module.x_function__mutmut_N, methods module.xǁClassǁmethod__mutmut_N); without any,
 # the parts the README's "Tests" section lists. At the end a table of killed / total
 # by file (benchmarks/mutation_score.py); `mutmut show NAME` prints one mutant's diff.
+# mutmut 3 does not mutate decorated functions, so config.py's loss_scale (a property)
+# is not among them: its mutants were applied by hand (README, "Mutation score").
 # Runs niced (nice -n 10): it must not slow a training run sharing the machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +38,7 @@ if [ "$#" -eq 0 ]; then
         'zaremba_ref.train.x__trim_metrics__*' 'zaremba_ref.train.x__rng_state__*' \
         'zaremba_ref.data.x_batchify__*' 'zaremba_ref.data.x_num_windows__*' \
         'zaremba_ref.data.x_windows__*' 'zaremba_ref.data.x_evaluation_windows__*' \
-        'zaremba_ref.data.x_num_evaluation_windows__*' 'zaremba_ref.config.*loss_scale*'
+        'zaremba_ref.data.x_num_evaluation_windows__*' 'zaremba_ref.data.x__positive__*'
 fi
 
 nice -n 10 mutmut run --max-children "${MUTATION_JOBS:-2}" "$@" || true

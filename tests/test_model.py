@@ -176,6 +176,26 @@ def test_masks_drawn_from_the_callers_generator():
     assert z.draw_masks(np.random.default_rng(0), 0.0, "zaremba", 2, 2, 3, 4, np.float32) == []
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_masks_are_the_documented_stream_and_keep_u_equal_to_p(dtype):
+    """m = (u >= p) / (1 - p) with u = rng.random(shape, dtype) drawn in the masks'
+    dtype, mask after mask: another implementation can replay our masks from the seed
+    (float32 draws take half the generator's bits, so the dtype is part of the stream).
+    u == p keeps the unit, so the keep probability is exactly 1 - p on the grid of
+    float uniforms."""
+    masks = z.draw_masks(np.random.default_rng(5), 0.3, "naive", 2, 3, 4, 6, dtype)
+    rng = np.random.default_rng(5)
+    want = [(rng.random((3, 4, 6), dtype=dtype) >= 0.3).astype(dtype) / dtype(0.7)
+            for _ in range(5)]
+    for m, w in zip(masks, want, strict=True):
+        assert m.dtype == dtype
+        np.testing.assert_allclose(m, w, rtol=1e-6 if dtype == np.float32 else 1e-15)
+    from types import SimpleNamespace
+    at_p = SimpleNamespace(random=lambda shape, dtype: np.full(shape, 0.25, dtype))
+    (m,) = z.draw_masks(at_p, 0.25, "zaremba", 0, 2, 3, 4, dtype)
+    np.testing.assert_allclose(m, np.full((2, 3, 4), 1 / 0.75), rtol=1e-6)
+
+
 def test_dropout_rate_draws_masks_from_rng():
     rng = np.random.default_rng(4)
     params, x, y, state, _, _ = random_case(rng, 9, 4, 2, 3, 5, "zaremba")
