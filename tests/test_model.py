@@ -384,9 +384,10 @@ def test_log_softmax_is_stable_for_logits_up_to_1e4(dtype):
     want_grad = np.exp(y64 - lse[:, None])
     want_grad[np.arange(N), w] -= 1
     want_grad /= N
-    loss, _ = log_softmax_nll(y.copy(), w, CPU)
+    loss, sums = log_softmax_nll(y.copy(), w, CPU)
     loss2, grad = softmax_nll_and_grad(y.copy(), w, CPU)
     assert np.isfinite(loss) and loss == loss2
+    assert sums.dtype == dtype       # the (N, V) logits are never copied to float64
     rtol = 1e-6 if dtype == np.float32 else 1e-13
     assert abs(loss - want_loss) <= rtol * abs(want_loss), (loss, want_loss)
     assert grad.dtype == dtype and np.isfinite(grad).all()
