@@ -170,6 +170,14 @@ def test_batching_argument_errors():
     for bad in (-1, 2):
         with pytest.raises(ValueError, match="start"):
             data.windows(batched, 4, start=bad)
+    # the messages name the argument and the value, exactly
+    with pytest.raises(ValueError, match=r"^batch_size must be >= 1, got 0$"):
+        data.batchify(stream, 0)
+    with pytest.raises(ValueError, match=r"^num_steps must be >= 1, got 0$"):
+        data.num_windows(batched, 0)
+    with pytest.raises(ValueError, match=r"^batched must be 2-D \(batch_size, length\), "
+                                         r"got shape \(10,\)$"):
+        data.num_windows(stream, 2)
 
 
 # ---------------------------------------------------------------------- words and vocab
