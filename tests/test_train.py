@@ -298,6 +298,42 @@ def test_resume_drops_metrics_written_after_its_checkpoint_and_logs_segments(toy
     assert len(segments[2]["params"]) == 12 and segments[2]["params"] != params_digest(params)
 
 
+def test_resume_refuses_another_seed_or_dtype_and_keeps_rows_up_to_its_checkpoint(
+        toy_data, tmp_path, capsys):
+    """The seed and dtype are part of the run: both are checked, every mismatch is named
+    in the one line. Resume keeps every metrics row up to its checkpoint's step (the
+    row written at that very step too), rewritten whole, one JSON object per line."""
+    run = tmp_path / "run"
+    args = _train_args(toy_data, run, "--save-every", 0)
+    assert main(args + ["--max-steps", "2"]) == 0
+    assert main(args + ["--resume", "--max-steps", "3"]) == 0
+    capsys.readouterr()
+    assert main(args + ["--resume", "--seed", "4", "--dtype", "float64"]) == 2
+    err = capsys.readouterr().err
+    assert (f"{run / 'checkpoint.npz'}: configuration does not match (dtype: checkpoint "
+            "'float32' vs command line 'float64'; seed: checkpoint 3 vs command line 4); "
+            "resume with the original settings or use another --out") in err
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": 1, "step": 99, "lr": 1.0, "train_ppl": 5.0}) + "\n")
+    assert main(args + ["--resume"]) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r.get("status")) for r in records[:2]] == [(2, "max_steps"),
+                                                                   (3, "max_steps")]
+    assert all(r["step"] != 99 for r in records)
+
+
+def test_only_a_numpy_generator_state_is_saved():
+    """CuPy's generator keeps its state on the device: no state is saved for it (the
+    resume then draws fresh masks), rather than a crash or an object JSON cannot hold."""
+    from types import SimpleNamespace
+    from zaremba_ref.train import _rng_state
+    rng = np.random.default_rng(3)
+    assert _rng_state(rng) == rng.bit_generator.state
+    assert _rng_state(object()) is None                               # no bit_generator
+    assert _rng_state(SimpleNamespace(bit_generator=object())) is None  # no state
+    assert _rng_state(SimpleNamespace(bit_generator=SimpleNamespace(state=b"dev"))) is None
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # overflow is the point
 def test_nan_stops_training_and_keeps_the_last_good_checkpoint(toy_data, tmp_path):
     """lr_decay 1e-38 multiplies lr by 1e38 after epoch 1: epoch 2 blows up."""
