@@ -1,4 +1,6 @@
-"""Shared fixtures: a small synthetic corpus in PTB's file format."""
+"""Shared fixtures: a small synthetic corpus in PTB's file format; skip_or_fail (under
+CI=true a missing PTB folder or torch fails instead of skipping); and the check that
+``pytest -m gpu`` with no GPU test run exits non-zero and says why."""
 
 from __future__ import annotations
 
@@ -41,6 +43,34 @@ def write_toy_corpus(root: Path, words_per_split=(6000, 1500, 1500), vocab: int 
     return root
 
 
+def skip_or_fail(reason: str) -> NoReturn:
+    """Skip with the reason; under CI=true (CI must run everything) fail instead."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: a skip here is a failure)")
+    pytest.skip(reason)
+
+
+def import_module_or_skip(name: str, reason: str):
+    """Module ``name``, or skip the calling test module (at import time) with the reason;
+    under CI=true a collection error instead, as CI installs it."""
+    import importlib
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason} (CI=true: a skip here is a failure)", pytrace=False)
+        pytest.skip(reason, allow_module_level=True)
+
+
+def import_torch():
+    """PyTorch, or skip (a failure under CI=true, which installs it)."""
+    try:
+        import torch
+    except ImportError:
+        skip_or_fail("PyTorch is not installed (pip install torch): no autograd oracle")
+    return torch
+
+
 @pytest.fixture
 def toy_data(tmp_path: Path) -> Path:
     return write_toy_corpus(tmp_path / "toy")
@@ -48,11 +78,11 @@ def toy_data(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def ptb_dir() -> Path:
-    """The real PTB directory from $ZAREMBA_REF_DATA, or skip."""
+    """The real PTB directory from $ZAREMBA_REF_DATA, or skip (under CI=true, fail)."""
     d = os.environ.get("ZAREMBA_REF_DATA")
     if not d or not (Path(d) / "ptb.train.txt").exists():
-        pytest.skip("real PTB not available: set ZAREMBA_REF_DATA=DIR (CI sets it to "
-                    "../shared/data/ptb)")
+        skip_or_fail("real PTB not available: set ZAREMBA_REF_DATA=DIR (CI sets it to "
+                     "../shared/data/ptb)")
     return Path(d)
 
 
@@ -62,13 +92,52 @@ def builder(tmp_path_factory):
     dtype once per session; skips without a C++ compiler."""
     from fake_cupy import Builder, find_compiler
     if find_compiler() is None:
-        pytest.skip("no C++ compiler (g++ or c++, or $CXX): the CUDA kernel bodies are "
-                    "tested by compiling them for the CPU")
+        skip_or_fail("no C++ compiler (g++ or c++, or $CXX): the CUDA kernel bodies are "
+                     "tested by compiling them for the CPU")
     return Builder(tmp_path_factory.getbasetemp() / "cpu_kernels")
 
 
-def skip_or_fail(reason: str) -> NoReturn:
-    """Skip with the reason; under CI=true (CI must run everything) fail instead."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: a skip here is a failure)")
-    pytest.skip(reason)
+# -- `pytest -m gpu` must run a GPU test or fail --------------------------------------------
+
+def _selects_gpu_only(config) -> bool:
+    """True when the -m expression selects tests marked gpu and not unmarked ones
+    (``-m gpu``, ``-m "gpu and not slow"``), so that a run of it is a GPU run."""
+    from _pytest.mark.expression import Expression
+    expr = config.getoption("markexpr", "") or ""
+    if "gpu" not in expr:
+        return False
+    compiled = Expression.compile(expr)
+    return (compiled.evaluate(lambda name, **kw: name == "gpu")
+            and not compiled.evaluate(lambda name, **kw: False))
+
+
+_GPU_RUN = {"ran": 0, "skipped": []}
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" and not report.skipped:
+        _GPU_RUN["ran"] += 1
+    elif report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _GPU_RUN["skipped"].append(reason.removeprefix("Skipped: "))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """``pytest -m gpu`` where nothing ran (no cupy, no device, nothing collected) is
+    not a pass: exit 1 and say why (the summary prints the reasons)."""
+    config = session.config
+    if _selects_gpu_only(config) and _GPU_RUN["ran"] == 0 and exitstatus in (0, 5):
+        reasons = sorted(set(_GPU_RUN["skipped"])) or ["no test selected by -m "
+                                                      f"{config.getoption('markexpr')!r}"]
+        config._gpu_nothing_ran = reasons
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    reasons = getattr(config, "_gpu_nothing_ran", None)
+    if reasons:
+        terminalreporter.write_line(
+            "error: pytest -m gpu ran no GPU test, so nothing about the GPU was checked "
+            "(exit code 1). Why: " + "; ".join(reasons)
+            + ". Run it on a machine with cupy (pip install cupy-cuda12x) and a CUDA device.",
+            red=True, bold=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_toy_corpus
+from conftest import import_torch, write_toy_corpus
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
 TINY = ["--config", "small", "--hidden-size", "16", "--num-steps", "5", "--batch-size", "4",
@@ -52,7 +52,7 @@ def test_bench_without_torch():
 
 
 def test_bench_with_torch():
-    pytest.importorskip("torch")
+    import_torch()
     proc, row = run(*TINY, "--dtype", "float64", "--json-only")
     check_row(row, torch=True)
     assert row["dtype"] == "float64"

@@ -118,6 +118,36 @@ def test_windows_cover_stream_once(length, batch_size, num_steps, seed):
         np.testing.assert_array_equal(y, ey)
 
 
+@settings(max_examples=100, deadline=None)
+@given(length=st.integers(2, 300), batch_size=st.integers(1, 8), num_steps=st.integers(1, 12))
+def test_evaluation_windows_predict_every_word_once(length, batch_size, num_steps):
+    """The evaluation pass: the full windows, then one shorter window with the words left
+    over, so that every word after the first of each row is predicted exactly once
+    (and num_evaluation_windows counts them)."""
+    stream = np.random.default_rng(length).permutation(length)   # distinct tokens
+    if length // batch_size < num_steps + 1:
+        return                                   # too short for one window: windows() raises
+    batched = data.batchify(stream, batch_size)
+    pairs = list(data.evaluation_windows(batched, num_steps))
+    assert len(pairs) == data.num_evaluation_windows(batched, num_steps)
+    full = data.num_windows(batched, num_steps)
+    assert len(pairs) == full + (batched.shape[1] - 1 > full * num_steps)
+    for x, y in pairs:
+        assert x.dtype == y.dtype == np.int32 and x.flags.c_contiguous and y.flags.c_contiguous
+        assert x.shape == y.shape and 1 <= x.shape[1] <= num_steps
+    np.testing.assert_array_equal(np.concatenate([x for x, _ in pairs], axis=1), batched[:, :-1])
+    np.testing.assert_array_equal(np.concatenate([y for _, y in pairs], axis=1), batched[:, 1:])
+
+
+def test_windows_are_int32_whatever_the_input():
+    """The model indexes with int32 ids on both devices: windows of an int64 array (a
+    user's own batching) come out int32 too, the evaluation tail included."""
+    batched = np.arange(2 * 8, dtype=np.int64).reshape(2, 8)
+    for x, y in [*data.windows(batched, 3), *data.evaluation_windows(batched, 3)]:
+        assert x.dtype == np.int32 and y.dtype == np.int32
+    assert data.num_evaluation_windows(batched, 3) == 3        # 3 + 3 + a tail of 1
+
+
 def test_batching_argument_errors():
     stream = np.arange(10)
     for bad in (0, -1):
@@ -134,12 +164,20 @@ def test_batching_argument_errors():
         data.windows(batched, 0)
     with pytest.raises(ValueError, match="num_steps"):
         data.num_windows(batched, 0)
-    with pytest.raises(ValueError, match="num_steps"):
+    with pytest.raises(ValueError, match=r"num_steps=5 \(needs at least 6\)"):
         data.windows(batched, 5)  # needs 6 columns
     assert len(list(data.windows(batched, 4))) == 1
     for bad in (-1, 2):
         with pytest.raises(ValueError, match="start"):
             data.windows(batched, 4, start=bad)
+    # the messages name the argument and the value, exactly
+    with pytest.raises(ValueError, match=r"^batch_size must be >= 1, got 0$"):
+        data.batchify(stream, 0)
+    with pytest.raises(ValueError, match=r"^num_steps must be >= 1, got 0$"):
+        data.num_windows(batched, 0)
+    with pytest.raises(ValueError, match=r"^batched must be 2-D \(batch_size, length\), "
+                                         r"got shape \(10,\)$"):
+        data.num_windows(stream, 2)
 
 
 # ---------------------------------------------------------------------- words and vocab

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, import_torch
 
 
 def load_example(name: str):
@@ -53,9 +53,11 @@ def test_dropout_placement_smoke_on_a_toy_corpus(toy_data, tmp_path, capsys):
                        *TINY])
     assert code == 0
     records = check_study(out, capsys.readouterr().out)
-    # the modes differ only in where dropout goes
+    # the modes differ only in where dropout goes: every pair of them differs
     by_mode = {r["mode"]: r for r in records if r["epoch"] == 2}
-    assert by_mode["none"]["valid_ppl"] != by_mode["zaremba"]["valid_ppl"]
+    for a, b in (("none", "zaremba"), ("none", "naive"), ("naive", "zaremba")):
+        assert by_mode[a]["valid_ppl"] != by_mode[b]["valid_ppl"], (a, b)
+        assert by_mode[a]["train_ppl"] != by_mode[b]["train_ppl"], (a, b)
     assert (out / "placement.png").exists() == (importlib.util.find_spec("matplotlib")
                                                 is not None)
 
@@ -112,7 +114,7 @@ def test_dropout_placement_bad_options(toy_data, tmp_path, capsys):
 
 
 def test_check_against_torch_agrees():
-    pytest.importorskip("torch", reason="PyTorch is not installed")
+    import_torch()
     example = load_example("check_against_torch")
     assert example.main(["--layers", "3", "--steps", "4"]) == 0
     assert example.main(["--dropout", "0", "--steps", "1", "--layers", "1"]) == 0

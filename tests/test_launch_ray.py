@@ -21,12 +21,12 @@ from zaremba_ref.cli import main
 from zaremba_ref.config import Config
 from zaremba_ref.launch import Member, launch, ray_init
 
-from conftest import write_toy_corpus
+from conftest import import_module_or_skip, write_toy_corpus
 
 # read when ray is imported: a one-machine Ray on 127.0.0.1, never the machine's address
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-ray = pytest.importorskip("ray", reason="ray is not installed: pip install -e \".[ray]\"")
+ray = import_module_or_skip("ray", "ray is not installed: pip install -e \".[ray]\"")
 
 
 def _descendants(pid: int) -> set[int]:

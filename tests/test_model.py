@@ -62,6 +62,42 @@ def test_gradient_check_catches_a_wrong_gradient():
     assert max(z.check_gradients(params, x, y, state, masks, dstate=dstate).values()) < 1e-6
 
 
+@settings(max_examples=8, deadline=None)
+@given(V=st.integers(2, 6), H=st.integers(1, 3), L=st.integers(1, 2), B=st.integers(1, 2),
+       T=st.integers(1, 3), mode=st.sampled_from(z.MODES), seed=st.integers(0, 2**31))
+def test_every_entry_of_small_tensors_matches_finite_differences(V, H, L, B, T, mode, seed):
+    """Beside the sampled check above: every entry of every (small) tensor, each one
+    measured against itself (floor 1e-8, ~100x the differences' noise), so a wrong
+    small entry next to a large one cannot pass."""
+    rng = np.random.default_rng(seed)
+    params, x, y, state, dstate, masks = random_case(rng, V, H, L, B, T, mode)
+    errors = z.check_gradients(params, x, y, state, masks, mode=mode, dstate=dstate,
+                               max_entries=10**6, elementwise=True, floor=1e-8)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= 1e-3, (worst, errors[worst])
+
+
+def test_elementwise_check_sees_a_wrong_small_entry_that_the_sampled_one_misses():
+    """A softmax gradient that flushes probabilities below 1e-6 to zero: the gradient
+    of three words with probability ~1e-8 is lost. Relative to the tensor's largest
+    entry that is ~1e-7 and passes the sampled check; entry by entry it is >10%."""
+    def flushing(y, sums, w, scale):
+        g = CPU.softmax_cross_entropy_grad(y, sums, w, scale)
+        g[np.abs(g) < 1e-6 * scale] = 0
+        return g
+
+    rng = np.random.default_rng(6)
+    params, x, y, state, dstate, masks = random_case(rng, 8, 3, 1, 2, 3, "zaremba")
+    params["softmax.b"][5:] = -18.0           # words 5-7: p ~ 1e-8, and never targets
+    y = y % 5
+    broken = dataclasses.replace(CPU, softmax_cross_entropy_grad=flushing)
+    args = (params, x, y, state, masks)
+    assert max(z.check_gradients(*args, dstate=dstate, backend=broken).values()) <= 1e-6
+    every = dict(dstate=dstate, max_entries=10**6, elementwise=True, floor=1e-8)
+    assert z.check_gradients(*args, **every, backend=broken)["softmax.b"] > 0.1
+    assert max(z.check_gradients(*args, **every).values()) <= 1e-3
+
+
 def test_one_window_equals_shorter_windows_with_state_carried():
     rng = np.random.default_rng(1)
     V, H, L, B, T = 11, 4, 2, 3, 7
@@ -139,6 +175,26 @@ def test_masks_drawn_from_the_callers_generator():
     assert all(np.array_equal(a, b) for a, b in zip(masks, again))
     assert len(z.draw_masks(np.random.default_rng(0), 0.25, "naive", 2, 2, 3, 4, np.float32)) == 5
     assert z.draw_masks(np.random.default_rng(0), 0.0, "zaremba", 2, 2, 3, 4, np.float32) == []
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_masks_are_the_documented_stream_and_keep_u_equal_to_p(dtype):
+    """m = (u >= p) / (1 - p) with u = rng.random(shape, dtype) drawn in the masks'
+    dtype, mask after mask: another implementation can replay our masks from the seed
+    (float32 draws take half the generator's bits, so the dtype is part of the stream).
+    u == p keeps the unit, so the keep probability is exactly 1 - p on the grid of
+    float uniforms."""
+    masks = z.draw_masks(np.random.default_rng(5), 0.3, "naive", 2, 3, 4, 6, dtype)
+    rng = np.random.default_rng(5)
+    want = [(rng.random((3, 4, 6), dtype=dtype) >= 0.3).astype(dtype) / dtype(0.7)
+            for _ in range(5)]
+    for m, w in zip(masks, want, strict=True):
+        assert m.dtype == dtype
+        np.testing.assert_allclose(m, w, rtol=1e-6 if dtype == np.float32 else 1e-15)
+    from types import SimpleNamespace
+    at_p = SimpleNamespace(random=lambda shape, dtype: np.full(shape, 0.25, dtype))
+    (m,) = z.draw_masks(at_p, 0.25, "zaremba", 0, 2, 3, 4, dtype)
+    np.testing.assert_allclose(m, np.full((2, 3, 4), 1 / 0.75), rtol=1e-6)
 
 
 def test_dropout_rate_draws_masks_from_rng():
@@ -233,6 +289,19 @@ def test_global_norm_clipping_and_sgd():
     np.testing.assert_allclose(params["a"], before["a"] - 3.0 * grads["a"])
 
 
+def test_sgd_step_takes_the_norm_on_the_backend_it_is_given():
+    """The norm is summed on the device (the backend's xp), one vdot per parameter;
+    only the scalar comes back. A NumPy norm of CuPy arrays would fail on a GPU."""
+    from types import SimpleNamespace
+    calls = []
+    xp = SimpleNamespace(vdot=lambda a, b: calls.append(a.shape) or np.vdot(a, b))
+    backend = dataclasses.replace(CPU, xp=xp)
+    params = {"a": np.ones(3), "b": np.zeros((2, 2))}
+    grads = {"a": np.array([3.0, 0, 0]), "b": np.array([[0, 4.0], [0, 0]])}
+    assert z.sgd_step(params, grads, lr=0.1, max_norm=1.0, backend=backend) == 5.0
+    assert calls == [(3,), (4,)]
+
+
 def test_learning_rate_schedule_follows_the_paper():
     lrs = [z.learning_rate(e, 1.0, 4, 2.0) for e in range(1, 8)]
     assert lrs == [1, 1, 1, 1, 0.5, 0.25, 0.125]
@@ -272,3 +341,66 @@ def test_bad_params_raise():
                          np.zeros((1, 1), int))
     with pytest.raises(ValueError, match="must be >= 1"):
         z.init_params(0, 4, 2)
+
+
+# -- holes found by the issue-15 mutation audit: each test below fails on the named bug ----
+
+def test_clipping_fires_on_the_scaled_norm():
+    """Paper: clip the norm of the objective's gradient, T * g. Hand computation with
+    ||g|| = 5, loss_scale T = 20, max_norm 5: the scaled norm is 100, s = 5/100, and
+    p <- p - lr * s * T * g = p - 0.5 * g. (Clipping the unscaled norm, 5, would not
+    fire and would step 20 times further.)"""
+    params = {"a": np.ones(3), "b": np.zeros((2, 2))}
+    grads = {"a": np.array([3.0, 0, 0]), "b": np.array([[0, 4.0], [0, 0]]), "state": None}
+    before = {k: v.copy() for k, v in params.items()}
+    norm = z.sgd_step(params, grads, lr=0.5, max_norm=5.0, loss_scale=20.0)
+    assert norm == 100.0
+    for k in params:
+        np.testing.assert_allclose(params[k], before[k] - 0.5 * grads[k], rtol=1e-15)
+    # between the two norms: ||g|| = 5 < max_norm = 10 < T ||g|| = 100: it must fire
+    params = {k: v.copy() for k, v in before.items()}
+    z.sgd_step(params, grads, lr=1.0, max_norm=10.0, loss_scale=20.0)
+    np.testing.assert_allclose(params["a"], before["a"] - (10 / 100) * 20 * grads["a"])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_log_softmax_is_stable_for_logits_up_to_1e4(dtype):
+    """Logits in [-1e4, 1e4] (rows with one huge winner, rows of near ties, a target
+    with probability ~e^-20000): loss and gradient finite and equal to a float64
+    reference computed with logaddexp (no shift can be forgotten there)."""
+    from zaremba_ref.loss import log_softmax_nll, softmax_nll_and_grad
+    rng = np.random.default_rng(0)
+    N, V = 8, 50
+    y = rng.uniform(-1e4, 1e4, (N, V))
+    y[1] = -1e4
+    y[1, 7] = 1e4                                     # one winner, everything else ~0
+    y[2] = 1e4 - rng.uniform(0, 3, V)                 # near ties at the top
+    y[3] = 100.0 + rng.normal(size=V)                 # a float32 logit of 100: e^100 = inf
+    y = y.astype(dtype)
+    w = rng.integers(0, V, N)
+    w[1], w[2] = 3, 5                                 # a hopeless target, a contested one
+    y64 = y.astype(np.float64)
+    lse = np.logaddexp.reduce(y64, axis=1)
+    want_loss = float(np.mean(lse - y64[np.arange(N), w]))
+    want_grad = np.exp(y64 - lse[:, None])
+    want_grad[np.arange(N), w] -= 1
+    want_grad /= N
+    loss, sums = log_softmax_nll(y.copy(), w, CPU)
+    loss2, grad = softmax_nll_and_grad(y.copy(), w, CPU)
+    assert np.isfinite(loss) and loss == loss2
+    assert sums.dtype == dtype       # the (N, V) logits are never copied to float64
+    rtol = 1e-6 if dtype == np.float32 else 1e-13
+    assert abs(loss - want_loss) <= rtol * abs(want_loss), (loss, want_loss)
+    assert grad.dtype == dtype and np.isfinite(grad).all()
+    np.testing.assert_allclose(grad, want_grad, rtol=0, atol=1e-6 if dtype == np.float32
+                               else 1e-12)
+    # and through the model: a float32 softmax bias of 100 on one word (training and
+    # evaluation both)
+    params = z.init_params(9, 4, 1, 0.1, seed=0, dtype=dtype)
+    params["softmax.b"][2] = 100.0
+    x = rng.integers(0, 9, (2, 3))
+    t = np.full((2, 3), 4)
+    loss, grads, _ = z.loss_and_grads(params, x, t)
+    assert np.isfinite(loss) and loss > 90 and all(np.isfinite(g).all() for k, g in
+                                                   grads.items() if k != "state")
+    assert z.loss_only(params, x, t)[0] == pytest.approx(loss, rel=1e-6)

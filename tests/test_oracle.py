@@ -20,6 +20,8 @@ from zaremba_ref import (draw_masks, init_params, loss_and_grads, loss_only, par
                          params_to_torch7)
 from zaremba_ref.oracle import state_from_torch7, state_to_torch7
 
+from conftest import import_torch
+
 SHAPES = [  # V, H, L, B, T
     (7, 3, 1, 1, 4),
     (11, 5, 2, 3, 6),
@@ -50,7 +52,7 @@ def rel_err(a, b) -> float:
 def torch_run(params, inputs, targets, state, masks, mode, dstate):
     """The same model in PyTorch, layer by layer. Returns (loss, grads keyed like
     params_to_torch, initial-state grads [(dh0, dc0)], final state [(h_T, c_T)])."""
-    torch = pytest.importorskip("torch")
+    torch = import_torch()
     nn, F = torch.nn, torch.nn.functional
     V, H = params["embedding"].shape
     L = sum(k.endswith(".W_h") for k in params)
@@ -111,7 +113,7 @@ def torch_run(params, inputs, targets, state, masks, mode, dstate):
 @pytest.mark.parametrize("mode", ["zaremba", "naive", "none"])
 @pytest.mark.parametrize("V,H,L,B,T", SHAPES)
 def test_every_gradient_matches_pytorch_autograd(V, H, L, B, T, mode):
-    pytest.importorskip("torch", reason="PyTorch is not installed: no autograd oracle")
+    import_torch()
     params, inputs, targets, state, masks, dstate = problem(V, H, L, B, T, mode, seed=V)
     loss, grads, final = loss_and_grads(params, inputs, targets, state, masks, mode=mode,
                                         dstate=dstate)
@@ -129,7 +131,7 @@ def test_every_gradient_matches_pytorch_autograd(V, H, L, B, T, mode):
 
 
 def test_torch_layout_round_trip_and_a_real_module():
-    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    torch = import_torch()
     V, H, L, B, T = 10, 4, 2, 3, 5
     params, inputs, targets, state, _, _ = problem(V, H, L, B, T, "none")
     back = params_from_torch(params_to_torch(params))

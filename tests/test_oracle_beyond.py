@@ -21,11 +21,12 @@ import numpy as np
 import pytest
 
 import zaremba_ref as z
+from conftest import import_module_or_skip
 from zaremba_ref.dropout import draw_weight_masks
 from zaremba_ref.oracle import (OURS_TO_TORCH, _reorder, params_from_torch,
                                 params_from_torch7, params_to_torch, params_to_torch7)
 
-torch = pytest.importorskip("torch", reason="PyTorch is not installed: no autograd oracle")
+torch = import_module_or_skip("torch", "PyTorch is not installed: no autograd oracle")
 nn, F = torch.nn, torch.nn.functional
 
 

@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, import_torch
 from zaremba_ref.cli import main
 from zaremba_ref.testing import (MISTAKES, KitError, assert_implementation_matches,
                                  check_implementation, make_case, reference, run_step)
@@ -34,7 +34,7 @@ def block_t(W):
 # -- a PyTorch implementation from ops, layout torch -------------------------------------------
 
 def torch_step(mistake: str | None = None, arg=None):
-    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    torch = import_torch()
     sig, tanh = torch.sigmoid, torch.tanh
 
     def lin(x, W, transposed):
@@ -370,7 +370,7 @@ def test_check_impl_exit_codes(tmp_path, capsys):
 
 
 def test_the_example_checks_a_from_scratch_lstm():
-    pytest.importorskip("torch", reason="the example is written in PyTorch ops")
+    import_torch()                       # the example is written in PyTorch ops
     env = os.environ | {"PYTHONPATH": str(REPO), "OPENBLAS_NUM_THREADS": "1"}
     example = REPO / "examples" / "check_my_lstm.py"
     out = subprocess.run([sys.executable, str(example)], capture_output=True, text=True,
@@ -395,7 +395,7 @@ def test_the_example_without_torch_says_so_in_one_line():
 def test_the_readme_shows_the_kits_real_report(tmp_path, capsys):
     """The README's report is what check-impl prints for the example with its gates read
     in the paper's order (the table's numbers to 3 digits, below 1e-15 as noise)."""
-    pytest.importorskip("torch", reason="the example is written in PyTorch ops")
+    import_torch()                       # the example is written in PyTorch ops
     section = (REPO / "README.md").read_text().split("## Check your own implementation")[1]
     shown = re.search(r"the kit prints \(exit code 1\):\n\n```\n(.*?)\n```", section,
                       re.S).group(1).splitlines()

@@ -70,6 +70,61 @@ def test_the_trace_is_the_model(L, mode):
     top = x * masks_tm[L] if masks_tm else x
     logits = top @ params["softmax.W"].T + params["softmax.b"]
     np.testing.assert_allclose(tr["logits"], logits, rtol=1e-13, atol=1e-14)
+    assert float(tr["loss"]) == pytest.approx(
+        reference_loss(params, inputs, targets, state, masks, mode), rel=1e-13)
+    # The gradient half against its own reference, not loss_and_grads (which trace
+    # calls): complex-step derivatives of the forward pass written out in this file.
+    want = complex_step_gradients(params, inputs, targets, state, masks, mode)
+    for name, g in want.items():
+        np.testing.assert_allclose(tr[f"grad.{name}"], g, rtol=1e-9, atol=1e-12,
+                                   err_msg=name)
+
+
+def reference_loss(params, inputs, targets, state, masks, mode):
+    """The mean NLL of one window by the paper's equations, step by step, independent
+    of the package's code (complex-safe, for complex-step derivatives)."""
+    L = sum(k.endswith(".W_h") for k in params)
+    Hs = params["l1.W_h"].shape[1]
+    masks_tm = [m.transpose(1, 0, 2) for m in masks] if masks else []
+    x = params["embedding"][inputs.T]                                        # (T, B, H)
+    for l in range(1, L + 1):
+        W_x, W_h, b_x, b_h = (params[f"l{l}.{n}"] for n in ("W_x", "W_h", "b_x", "b_h"))
+        if masks_tm:
+            x = x * masks_tm[l - 1]
+        h, c = state[l - 1]
+        hs = []
+        for t in range(x.shape[0]):
+            h_in = h * masks_tm[L + l][t] if mode == "naive" else h
+            z = x[t] @ W_x.T + b_x + h_in @ W_h.T + b_h                       # (B, 4H)
+            i, f, o = sigm(z[:, :Hs]), sigm(z[:, Hs:2 * Hs]), sigm(z[:, 2 * Hs:3 * Hs])
+            c = f * c + i * np.tanh(z[:, 3 * Hs:])
+            h = o * np.tanh(c)
+            hs.append(h)
+        x = np.stack(hs)
+    top = x * masks_tm[L] if masks_tm else x
+    y = top @ params["softmax.W"].T + params["softmax.b"]                     # (T, B, V)
+    shift = y.real.max(axis=-1, keepdims=True)
+    lse = np.log(np.exp(y - shift).sum(axis=-1)) + shift[..., 0]
+    picked = np.take_along_axis(y, targets.T[..., None], axis=-1)[..., 0]
+    return (lse - picked).mean()
+
+
+def complex_step_gradients(params, inputs, targets, state, masks, mode, h=1e-30):
+    """dJ/dp = Im J(p + i h e_p) / h for every entry of every parameter and of the
+    initial state: exact to rounding (no subtraction), so the tolerance can be tight."""
+    tensors = {k: v.astype(np.complex128) for k, v in params.items()}
+    cstate = [[a.astype(np.complex128) for a in pair] for pair in state]
+    for l, pair in enumerate(cstate, start=1):
+        tensors[f"state.{l}.h"], tensors[f"state.{l}.c"] = pair
+    grads = {}
+    for name, p in tensors.items():
+        flat, g = p.reshape(-1), np.empty(p.size)
+        for k in range(p.size):
+            flat[k] += 1j * h
+            g[k] = reference_loss(tensors, inputs, targets, cstate, masks, mode).imag / h
+            flat[k] -= 1j * h
+        grads[name] = g.reshape(p.shape)
+    return grads
 
 
 def test_names_and_order():

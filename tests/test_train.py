@@ -42,6 +42,30 @@ def test_presets_are_the_papers_section_4_1():
     assert s.objective == "sum_steps" and s.loss_scale == 20.0 and m.mode == "zaremba"
 
 
+def test_loss_scale_is_t_not_b_and_clipping_uses_the_scaled_norm():
+    """T = 7 != B = 3, so the scale cannot be the batch size by accident. One real
+    train_step against the hand computation from loss_and_grads' gradient g:
+    unclipped, p - lr T g and the norm T ||g||; clipped with ||g|| < max_norm < T ||g||,
+    p - lr (max_norm / (T ||g||)) T g."""
+    from zaremba_ref.model import init_params, loss_and_grads
+    from zaremba_ref.train import train_step
+    config = Config(num_layers=2, hidden_size=5, num_steps=7, batch_size=3, vocab_size=11)
+    assert config.loss_scale == 7.0 and config.replace(objective="mean").loss_scale == 1.0
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 11, (3, 7)), rng.integers(0, 11, (3, 7))
+    p0 = init_params(11, 5, 2, 0.3, seed=1, dtype=np.float64)
+    _, g, _ = loss_and_grads(p0, x, y)
+    gnorm = float(np.sqrt(sum(np.sum(g[k] ** 2) for k in p0)))
+    for max_norm, step in [(1e6, 7.0), (2 * gnorm, 2 * gnorm / (7 * gnorm) * 7)]:
+        params = {k: v.copy() for k, v in p0.items()}
+        _, norm, _ = train_step(params, x, y, None, config.replace(max_grad_norm=max_norm),
+                                0.3, None)
+        assert norm == pytest.approx(7 * gnorm, rel=1e-12)
+        for k in p0:
+            np.testing.assert_allclose(params[k], p0[k] - 0.3 * step * g[k], rtol=1e-12,
+                                       atol=1e-15, err_msg=k)
+
+
 def _corpus(toy_data: Path) -> Corpus:
     return load_ptb(toy_data, verify=False)
 
@@ -62,6 +86,27 @@ def test_training_lowers_validation_perplexity(toy_data, tmp_path):
     assert records[-1]["test_ppl"] == summary["test_ppl"]
     assert [r["lr"] for r in records[:2]] == [1.0, 0.5]
     assert "epoch 1/2" in out.getvalue()                     # plain progress lines (not a tty)
+
+
+def test_learning_quality_beats_every_model_that_ignores_the_context(tmp_path):
+    """The learning-quality check of the default suite (~20 s). The corpus is a Markov
+    chain: each word has 3 likely successors, so the previous words predict the next
+    one. No model that ignores them (one that learns only the softmax bias, say) can
+    do better on valid than the entropy of valid's own word frequencies (the
+    minimum over all fixed distributions of the cross-entropy). The trained model
+    must reach under half of that perplexity, and the test pass must agree."""
+    from conftest import write_toy_corpus
+    corpus = load_ptb(write_toy_corpus(tmp_path / "chain", (40_000, 4_000, 4_000)),
+                      verify=False)
+    counts = np.bincount(corpus.valid, minlength=corpus.vocab_size)
+    freq = counts[counts > 0] / counts.sum()
+    context_free = float(np.exp(-(freq * np.log(freq)).sum()))   # its best perplexity
+    config = TINY.replace(vocab_size=corpus.vocab_size, hidden_size=32, num_steps=10,
+                          batch_size=10, init_scale=0.1, max_epoch=3, decay_start=2)
+    summary = train(config, corpus, tmp_path / "run", out=io.StringIO())
+    assert context_free > 25                                     # ~31 on this corpus
+    assert summary["valid_ppl"] < 0.5 * context_free, (summary, context_free)
+    assert summary["test_ppl"] < 0.5 * context_free, (summary, context_free)
 
 
 def test_real_ptb_smoke_validation_perplexity_falls(ptb_dir, tmp_path):
@@ -126,8 +171,61 @@ def test_resume_after_a_real_kill_is_bit_identical(toy_data, tmp_path, sig):
     assert "resuming" in resumed.stdout.read()
     a, b = _final_params(tmp_path / "ref"), _final_params(run)
     assert all(np.array_equal(a[k], b[k]) for k in a)        # bit for bit
+    # and not by starting over: the resumed process made only the steps that were left
+    total = load_checkpoint(tmp_path / "ref")[2]["global_step"]
+    segments = [json.loads(line) for line in (run / "segments.jsonl").read_text().splitlines()]
+    assert segments[-2]["event"] == "start" and segments[-2]["resume"]
+    assert segments[-2]["global_step"] == meta["global_step"]
+    assert segments[-1]["steps"] == total - meta["global_step"] > 0
     last = lambda d: json.loads((d / "metrics.jsonl").read_text().splitlines()[-1])  # noqa: E731
     assert last(tmp_path / "ref")["test_ppl"] == last(run)["test_ppl"]
+
+
+def test_resume_continues_the_saved_run_and_a_restart_cannot_pass(toy_data, tmp_path,
+                                                                   monkeypatch):
+    """A restart that loads the checkpoint and then starts over ends with the same bits
+    as an uninterrupted run, so bit-identity alone cannot tell. Here: (1) the resumed
+    call makes exactly the steps left after the checkpoint (counted by a spy on
+    train_step); (2) parameters changed inside the checkpoint carry to the end: the
+    result equals the saved state continued by hand (the remaining windows with the
+    saved generator and carried state), and differs from the run that never stopped."""
+    import zaremba_ref.train as trainer
+    from zaremba_ref.checkpoint import save_checkpoint
+    from zaremba_ref.data import batchify, num_windows, windows
+    from zaremba_ref.optim import learning_rate
+    corpus = _corpus(toy_data)
+    config = TINY.replace(vocab_size=corpus.vocab_size, dropout=0.3, max_epoch=1)
+    n = num_windows(batchify(corpus.train, config.batch_size), config.num_steps)
+    k = n // 3
+    train(config, corpus, tmp_path / "full", seed=5, save_every=0, out=io.StringIO())
+    run = tmp_path / "run"
+    train(config, corpus, run, seed=5, save_every=0, max_steps=k, out=io.StringIO())
+    params, state, meta, vocab = load_checkpoint(run)
+    assert (meta["epoch"], meta["step"], meta["global_step"]) == (1, k, k)
+    params["softmax.b"] += np.float32(0.25)                  # a change a restart would lose
+    params["l1.W_h"] *= np.float32(0.5)
+    meta.pop("format")
+    save_checkpoint(run, params, state, meta, vocab)
+
+    rng = np.random.default_rng()
+    rng.bit_generator.state = meta["rng"]
+    lr = learning_rate(1, config.lr, config.decay_start, config.lr_decay)
+    want, carried = {name: v.copy() for name, v in params.items()}, state
+    for x, y in windows(batchify(corpus.train, config.batch_size), config.num_steps, start=k):
+        _, _, carried = trainer.train_step(want, x, y, carried, config, lr, rng)
+
+    calls = []
+    real_step = trainer.train_step
+    monkeypatch.setattr(trainer, "train_step",
+                        lambda *a, **kw: calls.append(1) or real_step(*a, **kw))
+    summary = train(config, corpus, run, seed=5, resume=True, save_every=0, out=io.StringIO())
+    assert summary["status"] == "done" and len(calls) == n - k
+    final, _, meta, _ = load_checkpoint(run)
+    assert (meta["epoch"], meta["global_step"]) == (2, n)
+    for name in want:
+        np.testing.assert_array_equal(final[name], want[name], err_msg=name)
+    uninterrupted = load_checkpoint(tmp_path / "full")[0]
+    assert not np.array_equal(final["softmax.b"], uninterrupted["softmax.b"])
 
 
 def test_corrupt_or_mismatched_checkpoint_is_refused_and_kept(toy_data, tmp_path, capsys):
@@ -199,6 +297,42 @@ def test_resume_drops_metrics_written_after_its_checkpoint_and_logs_segments(toy
     from zaremba_ref.train import params_digest
     params, _, _, _ = load_checkpoint(run)
     assert len(segments[2]["params"]) == 12 and segments[2]["params"] != params_digest(params)
+
+
+def test_resume_refuses_another_seed_or_dtype_and_keeps_rows_up_to_its_checkpoint(
+        toy_data, tmp_path, capsys):
+    """The seed and dtype are part of the run: both are checked, every mismatch is named
+    in the one line. Resume keeps every metrics row up to its checkpoint's step (the
+    row written at that very step too), rewritten whole, one JSON object per line."""
+    run = tmp_path / "run"
+    args = _train_args(toy_data, run, "--save-every", 0)
+    assert main(args + ["--max-steps", "2"]) == 0
+    assert main(args + ["--resume", "--max-steps", "3"]) == 0
+    capsys.readouterr()
+    assert main(args + ["--resume", "--seed", "4", "--dtype", "float64"]) == 2
+    err = capsys.readouterr().err
+    assert (f"{run / 'checkpoint.npz'}: configuration does not match (dtype: checkpoint "
+            "'float32' vs command line 'float64'; seed: checkpoint 3 vs command line 4); "
+            "resume with the original settings or use another --out") in err
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": 1, "step": 99, "lr": 1.0, "train_ppl": 5.0}) + "\n")
+    assert main(args + ["--resume"]) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r.get("status")) for r in records[:2]] == [(2, "max_steps"),
+                                                                   (3, "max_steps")]
+    assert all(r["step"] != 99 for r in records)
+
+
+def test_only_a_numpy_generator_state_is_saved():
+    """CuPy's generator keeps its state on the device: no state is saved for it (the
+    resume then draws fresh masks), rather than a crash or an object JSON cannot hold."""
+    from types import SimpleNamespace
+    from zaremba_ref.train import _rng_state
+    rng = np.random.default_rng(3)
+    assert _rng_state(rng) == rng.bit_generator.state
+    assert _rng_state(object()) is None                               # no bit_generator
+    assert _rng_state(SimpleNamespace(bit_generator=object())) is None  # no state
+    assert _rng_state(SimpleNamespace(bit_generator=SimpleNamespace(state=b"dev"))) is None
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # overflow is the point
