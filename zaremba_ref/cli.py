@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 from .backend import BackendUnavailable, get_backend
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import FIELD_RULES, HELP, PRESETS, Config
+from .config import FIELD_RULES, PRESETS, Config, add_config_options
 from .data import DataError, load_ptb
 from .rules import SEED, TEXT, ArgumentParser, add_option, count, one_of, print_error, real
 from .testing import LAYOUTS, MODES, TOLERANCE, cli_check_impl
@@ -76,9 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                help="also checkpoint every N steps (0: only at epoch ends and on "
                     "SIGINT/SIGTERM; default: 1000)")
     g = t.add_argument_group("overrides of the preset (the paper's values by default)")
-    for f in fields(Config):
-        add_option(g, "--" + f.name.replace("_", "-"), FIELD_RULES[f.name], default=None,
-                   metavar=f.name.upper(), help=HELP[f.name])
+    add_config_options(g)
 
     e = sub.add_parser("evaluate", help="perplexity of saved models on valid/test",
                        description="Evaluate saved models the paper's way (one pass, state "

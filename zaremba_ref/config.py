@@ -60,9 +60,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, fields
+from typing import Any
 
 from .dropout import MODES
-from .rules import Rule, count, one_of, real, switch
+from .rules import Rule, add_option, count, one_of, real, switch
 
 
 @dataclass(frozen=True)
@@ -186,3 +187,11 @@ HELP: dict[str, str] = {
     "weight_drop": "DropConnect rate on each layer's recurrent weights W_h, one mask per "
                    "window (AWD-LSTM's weight drop; beyond the paper; default 0)",
 }
+
+
+def add_config_options(group: Any) -> None:
+    """One ``--FIELD`` option per Config field on an argparse parser or group, with its
+    rule (range in --help) and help; default None: the preset's value stands."""
+    for f in fields(Config):
+        add_option(group, "--" + f.name.replace("_", "-"), FIELD_RULES[f.name],
+                   default=None, metavar=f.name.upper(), help=HELP[f.name])

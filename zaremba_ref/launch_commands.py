@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .config import FIELD_RULES, HELP, PRESETS, Config
+from .config import PRESETS, Config, add_config_options
 from .launch import (ENGINES, LaunchError, Member, check_ray_installed, launch, read_jsonl,
                      write_json)
 from .rules import SEED, TEXT, add_option, count, one_of, real
@@ -219,9 +219,7 @@ def _add_common(p: argparse.ArgumentParser, add_data_args: Callable) -> None:
                help="train on the first fraction F of each of the batch-size streams "
                     "of PTB train (the placement study's budget: 0.25; default: 1)")
     g = p.add_argument_group("overrides of the preset, for every member")
-    for f in fields(Config):
-        add_option(g, "--" + f.name.replace("_", "-"), FIELD_RULES[f.name], default=None,
-                   metavar=f.name.upper(), help=HELP[f.name])
+    add_config_options(g)
 
 
 def add_launch_parsers(sub: Any, add_data_args: Callable) -> None:
