@@ -597,12 +597,19 @@ def _names(argv: list[str]) -> list[str]:
 
 
 def check_one_command_line(w: dict, argv: list[str]) -> int:
-    cwd = os.getcwd()
+    cwd, data = os.getcwd(), os.environ.get("ZAREMBA_REF_DATA")
     os.chdir(w["root"] / "cwd")                # a default --out lands here, not in the repo
+    # without --data-dir, an empty folder: a bare `train` must not start the full small
+    # preset on real PTB (CI sets ZAREMBA_REF_DATA), nor download it
+    os.environ["ZAREMBA_REF_DATA"] = str(w["root"] / "no-data")
     try:
         code, out, err = run(*argv)
     finally:
         os.chdir(cwd)
+        if data is None:
+            os.environ.pop("ZAREMBA_REF_DATA", None)
+        else:
+            os.environ["ZAREMBA_REF_DATA"] = data
     assert "Traceback" not in err and "Traceback" not in out, (argv, err)
     if code != 0:
         line = one_line(err)
@@ -630,6 +637,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
     (root / "outs").mkdir()
     (root / "cwd").mkdir()
+    (root / "no-data").mkdir()
     w = _world(root)
     w["counter"], w["codes"] = 0, {}
     return w
