@@ -126,6 +126,8 @@ def pytest_sessionfinish(session, exitstatus):
     """``pytest -m gpu`` where nothing ran (no cupy, no device, nothing collected) is
     not a pass: exit 1 and say why (the summary prints the reasons)."""
     config = session.config
+    if config.option.collectonly:              # listing the GPU tests is not running them
+        return
     if _selects_gpu_only(config) and _GPU_RUN["ran"] == 0 and exitstatus in (0, 5):
         reasons = sorted(set(_GPU_RUN["skipped"])) or ["no test selected by -m "
                                                       f"{config.getoption('markexpr')!r}"]

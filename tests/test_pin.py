@@ -8,13 +8,18 @@ from the generator. The values below are exact (float repr), recorded with the c
 of commit 527d397. If one of them changes, the paper's path changed; do not update
 them unless that is the intent.
 
-Exactness holds on one machine and one BLAS; another CPU (another OpenBLAS kernel)
-may round a matrix product differently. The toy corpus cases run everywhere, the
+Exactness holds on one machine and one BLAS with one thread (each case runs in a
+fresh process with OPENBLAS_NUM_THREADS=1, as recorded); another CPU (another
+OpenBLAS kernel) may round a matrix product differently. The toy corpus cases run everywhere, the
 PTB cases where $ZAREMBA_REF_DATA points to the real corpus.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +32,7 @@ from zaremba_ref.model import init_params, zero_state
 from zaremba_ref.optim import learning_rate
 from zaremba_ref.train import params_digest, train, train_step
 
-from conftest import write_toy_corpus
+from conftest import REPO, write_toy_corpus
 
 STEPS = 20
 SMALL = PRESETS["small"]
@@ -115,43 +120,59 @@ PINNED = {
 
 
 @pytest.fixture(scope="module")
-def toy_corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pin") / "toy"
-    return load_ptb(write_toy_corpus(root, words_per_split=(30_000, 2_000, 2_000)),
-                    verify=False)
+def toy_dir(tmp_path_factory) -> Path:
+    return write_toy_corpus(tmp_path_factory.mktemp("pin") / "toy",
+                            words_per_split=(30_000, 2_000, 2_000))
 
 
-_PTB = {}
+def _data_dir(which, toy_dir, request) -> Path:
+    return toy_dir if which == "toy" else request.getfixturevalue("ptb_dir")  # skips w/o PTB
 
 
-def _corpus(which, toy_corpus, request):
-    if which == "toy":
-        return toy_corpus
-    ptb_dir = request.getfixturevalue("ptb_dir")          # skips without real PTB
-    if ptb_dir not in _PTB:
-        _PTB[ptb_dir] = load_ptb(ptb_dir)                  # read once for the four cases
-    return _PTB[ptb_dir]
+def _alone(*args) -> dict:
+    """Run this file in a fresh process with one BLAS thread, as the values were
+    recorded: a matrix product split across threads may round differently."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
+               MKL_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, __file__, *map(str, args)], capture_output=True,
+                         text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.splitlines()[-1])
 
 
 @pytest.mark.parametrize("which, name, dtype", list(PINNED))
-def test_the_papers_path_is_pinned_bit_for_bit(which, name, dtype, toy_corpus, request):
-    losses, digest, rng_state = first_losses(CONFIGS[name], _corpus(which, toy_corpus,
-                                                                    request), dtype)
+def test_the_papers_path_is_pinned_bit_for_bit(which, name, dtype, toy_dir, request):
+    got = _alone("losses", which, _data_dir(which, toy_dir, request), name, dtype)
     want_losses, want_digest, want_rng = PINNED[which, name, dtype]
-    assert losses == want_losses
-    assert digest == want_digest
-    assert rng_state == want_rng
+    assert got["losses"] == want_losses
+    assert got["digest"] == want_digest
+    assert got["rng"] == want_rng
 
 
 @pytest.mark.parametrize("name", ["medium_200", "naive_200"])
-def test_the_trainer_takes_the_pinned_path(name, toy_corpus, tmp_path):
+def test_the_trainer_takes_the_pinned_path(name, toy_dir, tmp_path):
     """``train`` itself, 20 steps from scratch with dropout: the same parameters and the
     same generator state as the loop above (so the trainer's own path is pinned too)."""
-    from zaremba_ref.checkpoint import load_checkpoint
-    config = CONFIGS[name].replace(vocab_size=toy_corpus.vocab_size)
-    train(config, toy_corpus, tmp_path / "run", dtype="float64", seed=0, max_steps=STEPS,
-          save_every=0, out=open(Path(tmp_path / "log"), "w"))
-    params, _, meta, _ = load_checkpoint(tmp_path / "run")
+    got = _alone("train", "toy", toy_dir, name, "float64", tmp_path / "run")
     _, want_digest, want_rng = PINNED["toy", name, "float64"]
-    assert params_digest(params) == want_digest
-    assert meta["rng"]["state"]["state"] == want_rng
+    assert got["digest"] == want_digest
+    assert got["rng"] == want_rng
+
+
+def _main(what: str, which: str, data_dir: str, name: str, dtype: str,
+          run_dir: str | None = None) -> dict:
+    corpus = load_ptb(data_dir, verify=which == "ptb")
+    if what == "losses":
+        losses, digest, rng = first_losses(CONFIGS[name], corpus, dtype)
+        return {"losses": losses, "digest": digest, "rng": rng}
+    from zaremba_ref.checkpoint import load_checkpoint
+    config = CONFIGS[name].replace(vocab_size=corpus.vocab_size)
+    with open(Path(run_dir).parent / "log", "w") as log:
+        train(config, corpus, run_dir, dtype=dtype, seed=0, max_steps=STEPS, save_every=0,
+              out=log)
+    params, _, meta, _ = load_checkpoint(run_dir)
+    return {"digest": params_digest(params), "rng": meta["rng"]["state"]["state"]}
+
+
+if __name__ == "__main__":
+    print(json.dumps(_main(*sys.argv[1:])))

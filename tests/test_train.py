@@ -368,7 +368,8 @@ def test_bad_command_lines_give_one_line_errors(toy_data, tmp_path, capsys, args
 
 
 def test_missing_data_is_one_line(tmp_path, capsys):
-    assert main(["train", "--data-dir", str(tmp_path), "--max-steps", "1"]) == 2
+    assert main(["train", "--data-dir", str(tmp_path), "--max-steps", "1",
+                 "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "PTB files missing" in err and err.count("\n") == 1
 
