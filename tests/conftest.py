@@ -143,3 +143,29 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             "(exit code 1). Why: " + "; ".join(reasons)
             + ". Run it on a machine with cupy (pip install cupy-cuda12x) and a CUDA device.",
             red=True, bold=True)
+
+
+def assert_train_steps_match(config, gpu, tie_weights: bool = False) -> None:
+    """Two ``train_step``s as the trainer runs them (masks drawn from the backend's
+    generator, the state carried on, the update applied) on the CPU and on ``gpu``, from
+    the same start: losses, norms and parameters equal to 1e-12."""
+    import zaremba_ref as z
+    from zaremba_ref.backend import CPU
+    from zaremba_ref.train import train_step
+    rng = np.random.default_rng(3)
+    x, y = (rng.integers(0, 9, (2, 5)).astype(np.int32) for _ in range(2))
+    results = []
+    for backend in (CPU, gpu):
+        params = z.init_params(9, 4, 2, 0.3, seed=1, dtype=np.float64, backend=backend,
+                               tie_weights=tie_weights)
+        state, masks_rng, steps = z.zero_state(params, 2, backend), backend.rng(5), []
+        for _ in range(2):
+            loss, norm, state = train_step(params, backend.asarray(x), backend.asarray(y),
+                                           state, config, 1.0, masks_rng, backend)
+            steps.append((loss, norm))
+        results.append((steps, {k: backend.to_numpy(v) for k, v in params.items()}))
+    (cpu_steps, cpu_params), (gpu_steps, gpu_params) = results
+    np.testing.assert_allclose(gpu_steps, cpu_steps, rtol=1e-12)
+    for k in cpu_params:
+        np.testing.assert_allclose(gpu_params[k], cpu_params[k], rtol=1e-12, atol=1e-12,
+                                   err_msg=k)

@@ -321,27 +321,12 @@ def test_cupy_matches_numpy_for_every_option(mode, tie, wd):
 
 def test_train_step_with_every_option_on_the_gpu_path_matches_numpy(gpu):
     """Masks and weight masks drawn from the backend's generator, as the trainer does."""
+    from conftest import assert_train_steps_match
     from zaremba_ref.config import Config
-    from zaremba_ref.train import train_step
     config = Config(num_layers=2, hidden_size=4, num_steps=5, batch_size=2, dropout=0.5,
                     mode="variational", tie_weights=True, weight_drop=0.3, vocab_size=9,
                     max_grad_norm=1.0)
-    rng = np.random.default_rng(3)
-    x, y = (rng.integers(0, 9, (2, 5)).astype(np.int32) for _ in range(2))
-    results = []
-    for backend in (CPU, gpu):
-        params = z.init_params(9, 4, 2, 0.3, seed=1, dtype=np.float64, backend=backend,
-                               tie_weights=True)
-        state, r, steps = z.zero_state(params, 2, backend), backend.rng(5), []
-        for _ in range(2):
-            loss, norm, state = train_step(params, backend.asarray(x), backend.asarray(y),
-                                           state, config, 1.0, r, backend)
-            steps.append((loss, norm))
-        results.append((steps, {k: backend.to_numpy(v) for k, v in params.items()}))
-    (cpu_steps, cpu_params), (gpu_steps, gpu_params) = results
-    np.testing.assert_allclose(gpu_steps, cpu_steps, rtol=1e-12)
-    for k in cpu_params:
-        np.testing.assert_allclose(gpu_params[k], cpu_params[k], rtol=1e-12, atol=1e-12)
+    assert_train_steps_match(config, gpu, tie_weights=True)
 
 
 # -- Figure 3, variational ---------------------------------------------------------------

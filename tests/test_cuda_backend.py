@@ -26,9 +26,9 @@ from zaremba_ref.config import Config
 from zaremba_ref.data import load_ptb
 from zaremba_ref.cuda_backend import make_gpu_backend
 from zaremba_ref.optim import sgd_step
-from zaremba_ref.train import train, train_step
+from zaremba_ref.train import train
 
-from conftest import skip_or_fail
+from conftest import assert_train_steps_match, skip_or_fail
 from fake_cupy import make_fake_cupy
 
 KERNELS = ("lstm_cell_forward", "lstm_cell_backward", "dropout", "softmax_cross_entropy_grad",
@@ -119,22 +119,7 @@ def test_train_step_with_drawn_masks_matches_numpy(fake_cupy, mode):
     """train_step as the trainer runs it: masks drawn from backend.rng, update applied."""
     config = Config(num_layers=2, hidden_size=4, num_steps=5, batch_size=2, dropout=0.5,
                     mode=mode, vocab_size=9, max_grad_norm=1.0)
-    rng = np.random.default_rng(3)
-    x, y = (rng.integers(0, 9, (2, 5)).astype(np.int32) for _ in range(2))
-    results = []
-    for backend in (CPU, make_gpu_backend()):
-        params = z.init_params(9, 4, 2, 0.3, seed=1, dtype=np.float64, backend=backend)
-        state, masks_rng, steps = z.zero_state(params, 2, backend), backend.rng(5), []
-        for _ in range(2):                                            # the state carried on
-            loss, norm, state = train_step(params, backend.asarray(x), backend.asarray(y),
-                                           state, config, 1.0, masks_rng, backend)
-            steps.append((loss, norm))
-        results.append((steps, {k: backend.to_numpy(v) for k, v in params.items()}))
-    (cpu_steps, cpu_params), (gpu_steps, gpu_params) = results
-    np.testing.assert_allclose(gpu_steps, cpu_steps, rtol=1e-12)
-    for k in cpu_params:
-        np.testing.assert_allclose(gpu_params[k], cpu_params[k], rtol=1e-12, atol=1e-12,
-                                   err_msg=k)
+    assert_train_steps_match(config, make_gpu_backend())
 
 
 def test_evaluation_on_the_gpu_path_matches_numpy(fake_cupy):
