@@ -1,10 +1,14 @@
 """Shared fixtures: a small synthetic corpus in PTB's file format; skip_or_fail (under
 CI=true a missing PTB folder or torch fails instead of skipping); and the check that
-``pytest -m gpu`` with no GPU test run exits non-zero and says why."""
+``pytest -m gpu`` with no GPU test run exits non-zero and says why; and ``tmpfs``, a
+real small filesystem to fill up or make read-only."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import NoReturn
 
@@ -89,12 +93,14 @@ def ptb_dir() -> Path:
 @pytest.fixture(scope="session")
 def builder(tmp_path_factory):
     """Compiles the CUDA kernel bodies for the CPU (tests/fake_cupy.py), each kernel and
-    dtype once per session; skips without a C++ compiler."""
+    dtype once per session (or once for all sessions, in $ZAREMBA_REF_KERNEL_CACHE: the
+    mutation run's); skips without a C++ compiler."""
     from fake_cupy import Builder, find_compiler
     if find_compiler() is None:
         skip_or_fail("no C++ compiler (g++ or c++, or $CXX): the CUDA kernel bodies are "
                      "tested by compiling them for the CPU")
-    return Builder(tmp_path_factory.getbasetemp() / "cpu_kernels")
+    return Builder(os.environ.get("ZAREMBA_REF_KERNEL_CACHE")
+                   or tmp_path_factory.getbasetemp() / "cpu_kernels")
 
 
 # -- `pytest -m gpu` must run a GPU test or fail --------------------------------------------
@@ -169,3 +175,21 @@ def assert_train_steps_match(config, gpu, tie_weights: bool = False) -> None:
     for k in cpu_params:
         np.testing.assert_allclose(gpu_params[k], cpu_params[k], rtol=1e-12, atol=1e-12,
                                    err_msg=k)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A 300 KiB tmpfs, mounted for the test and always unmounted after it."""
+    if sys.platform != "linux" or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs Linux and mount(8)")
+    where = tmp_path / "small_fs"
+    where.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(where)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): "
+                    f"{' '.join(r.stderr.split())}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)

@@ -355,24 +355,6 @@ def test_a_garbage_checkpoint_is_one_line_for_every_command(small_run, tmp_path,
 
 # -- a real small filesystem: full, then read-only ---------------------------------------
 
-@pytest.fixture
-def tmpfs(tmp_path):
-    """A 300 KiB tmpfs, mounted for the test and always unmounted after it."""
-    if sys.platform != "linux" or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs Linux and mount(8)")
-    where = tmp_path / "small_fs"
-    where.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(where)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): "
-                    f"{' '.join(r.stderr.split())}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
-
-
 def test_a_full_disk_keeps_the_last_checkpoint_and_leaves_no_temporary(toy_data, tmpfs):
     """float64, H=48, one layer: a checkpoint of ~180 KiB. The first fits in the 300 KiB
     filesystem; the second cannot (the atomic write needs room for both)."""

@@ -4,6 +4,7 @@ paper for preset runs, one-line errors for what is not a metrics file or no matp
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -127,3 +128,17 @@ def test_without_matplotlib_one_line_naming_the_extra(tmp_path, capsys, monkeypa
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and '.[plot]' in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_read_only_place_for_the_picture_gets_one_line_and_no_file(tmp_path, tmpfs,
+                                                                     capsys):
+    """A real read-only filesystem: savefig fails at open, and so does removing the
+    temporary it never wrote; the error is still the one line."""
+    _need_matplotlib()
+    good = _metrics(tmp_path / "m.jsonl")
+    subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    assert main(["plot", str(good), "--out", str(tmpfs / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write {tmpfs / 'x.png'}: ")
+    assert "Read-only file system" in err and err.count("\n") == 1
+    assert list(tmpfs.iterdir()) == []

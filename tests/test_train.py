@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from zaremba_ref.backend import CPU
 from zaremba_ref.checkpoint import CheckpointError, load_checkpoint
 from zaremba_ref.cli import main
 from zaremba_ref.config import PRESETS, Config
@@ -323,6 +324,94 @@ def test_resume_refuses_another_seed_or_dtype_and_keeps_rows_up_to_its_checkpoin
     assert all(r["step"] != 99 for r in records)
 
 
+def test_evaluation_progress_goes_to_out_with_its_prefix_and_nowhere_without(toy_data,
+                                                                          capsys):
+    from zaremba_ref.model import init_params
+    corpus = _corpus(toy_data)
+    params = init_params(corpus.vocab_size, 8, 2, 0.3, seed=1)
+    out = io.StringIO()
+    ppl = evaluate(params, corpus.test, 1, 7, progress_prefix="test ", out=out)
+    assert evaluate(params, corpus.test, 1, 7) == ppl
+    lines = out.getvalue().replace("\r", "\n").split("\n")
+    assert any(line.startswith("test ") and "100.0%" in line and f"ppl {ppl:.2f}" in line
+               for line in lines)
+    quiet = io.StringIO()
+    evaluate(params, corpus.test, 1, 7, out=quiet)
+    assert quiet.getvalue() == "" and capsys.readouterr() == ("", "")
+
+
+def test_a_bad_metrics_line_stops_the_resume_with_the_fix_and_keeps_the_file(toy_data,
+                                                                             tmp_path,
+                                                                             capsys):
+    run = tmp_path / "run"
+    assert main(_train_args(toy_data, run, "--max-steps", 2)) == 0
+    metrics = run / "metrics.jsonl"
+    broken = metrics.read_text() + "{not json\n"
+    metrics.write_text(broken)
+    capsys.readouterr()
+    assert main(_train_args(toy_data, run, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {metrics}: a line is not a metrics record (")
+    assert err.endswith("); move the file away to resume\n") and err.count("\n") == 1
+    assert metrics.read_text() == broken
+
+
+def test_metrics_that_cannot_be_rewritten_stop_the_resume_and_stay_whole(toy_data, tmpfs,
+                                                                         capsys):
+    """A real read-only filesystem: the trimmed rows cannot be written, the resume stops
+    with the reason, the file is unchanged and no temporary is left."""
+    run = tmpfs / "run"
+    assert main(_train_args(toy_data, run, "--max-steps", 2, "--dtype", "float64",
+                            "--hidden-size", 4)) == 0
+    metrics = run / "metrics.jsonl"
+    with open(metrics, "a") as f:                       # a row after the checkpoint
+        f.write(json.dumps({"epoch": 1, "step": 99, "lr": 1.0, "train_ppl": 5.0}) + "\n")
+    before = metrics.read_text()
+    subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    from zaremba_ref.train import _trim_metrics
+    with pytest.raises(CheckpointError) as e:
+        _trim_metrics(run, 2)
+    assert str(e.value) == f"{metrics}: cannot rewrite (Read-only file system (EROFS))"
+    assert metrics.read_text() == before
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.npz", "metrics.jsonl",
+                                                     "segments.jsonl"]
+
+
+def test_a_checkpoint_without_its_counters_is_refused_by_name(toy_data, tmp_path, capsys):
+    from zaremba_ref.checkpoint import save_checkpoint
+    run = tmp_path / "run"
+    assert main(_train_args(toy_data, run, "--max-steps", 2)) == 0
+    params, state, meta, vocab = load_checkpoint(run)
+    del meta["rng"], meta["words"]
+    meta.pop("format")
+    save_checkpoint(run, params, state, meta, vocab)
+    capsys.readouterr()
+    assert main(_train_args(toy_data, run, "--resume")) == 2
+    assert capsys.readouterr().err == (f"error: {run / 'checkpoint.npz'}: its meta lacks "
+                                       "['words', 'rng']; it cannot be resumed\n")
+
+
+def test_a_checkpoint_without_a_generator_state_resumes_with_seeded_fresh_masks(toy_data,
+                                                                               tmp_path):
+    """A GPU run saves no generator state (it is on the device). Resumed on the CPU, its
+    masks come from a generator seeded by (seed, global_step): fresh and reproducible."""
+    from zaremba_ref.checkpoint import save_checkpoint
+    from zaremba_ref.train import _resume
+    run = tmp_path / "run"
+    assert main(_train_args(toy_data, run, "--max-steps", 2)) == 0
+    params, state, meta, vocab = load_checkpoint(run)
+    saved_rng = meta["rng"]
+    config = Config.from_dict(meta["config"])
+    _, _, rng, counters = _resume(run / "checkpoint.npz", config, "float32", 3, CPU)
+    assert rng.bit_generator.state == saved_rng and counters[2] == 2
+    meta["rng"] = None
+    meta.pop("format")
+    save_checkpoint(run, params, state, meta, vocab)
+    _, _, rng, counters = _resume(run / "checkpoint.npz", config, "float32", 3, CPU)
+    assert counters == (meta["epoch"], meta["step"], 2, meta["loss_sum"], meta["words"])
+    assert rng.random(4).tolist() == np.random.default_rng([3, 2]).random(4).tolist()
+
+
 def test_only_a_numpy_generator_state_is_saved():
     """CuPy's generator keeps its state on the device: no state is saved for it (the
     resume then draws fresh masks), rather than a crash or an object JSON cannot hold."""
@@ -447,6 +536,12 @@ def test_torch7_formula_is_main_lua_run_valid_line_by_line(toy_data):
     expected = math.exp(perp / length)
     full, tail, count = evaluation_nll(params, corpus.valid, B, T)
     assert count == B * (N - 1) and tail > 0
+    x, y = data[:, int(length) * T:-1], data[:, int(length) * T + 1:]   # the shorter window
+    loss, _ = loss_only(params, x, y, state)
+    assert full == pytest.approx(perp * B * T, rel=1e-12)
+    assert tail == pytest.approx(loss * y.size, rel=1e-12)
+    T = next(t for t in range(2, 20) if (N - 1) % t == 0)     # no shorter window: no tail
+    assert evaluation_nll(params, corpus.valid, B, T)[1] == 0.0
     assert torch7_perplexity(full, count) == pytest.approx(expected, rel=1e-12)
     assert torch7_perplexity(full, count) < evaluate(params, corpus.valid, B, T)
     assert evaluate(params, corpus.valid, B, T) == pytest.approx(math.exp((full + tail) / count))

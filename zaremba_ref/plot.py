@@ -13,6 +13,7 @@ to ``docs/results`` keeps no configuration).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -155,6 +156,7 @@ def save_plot(paths: list[str], out: str | os.PathLike, labels: list[str] | None
         fig.savefig(tmp, dpi=120)
         os.replace(tmp, out)                            # never a half-written picture
     except (OSError, ValueError) as e:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):      # on a read-only filesystem unlink fails too
+            tmp.unlink()
         raise PlotError(f"cannot write {out}: {' '.join(str(e).split())}") from None
     return fig

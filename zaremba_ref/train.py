@@ -9,6 +9,7 @@ and a clean stop on a NaN or Inf.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -52,7 +53,7 @@ def evaluation_nll(params: dict, stream: np.ndarray, batch_size: int, num_steps:
     data = batchify(stream, batch_size)
     n = num_evaluation_windows(data, num_steps)
     full = num_windows(data, num_steps)
-    state = zero_state(params, batch_size, backend)
+    state = None                          # loss_only starts the pass from the zero state
     total, tail, count = 0.0, 0.0, 0
     progress = Progress(n, progress_prefix, out) if progress_prefix else None
     for k, (x, y) in enumerate(evaluation_windows(data, num_steps), start=1):
@@ -186,7 +187,8 @@ def _trim_metrics(run_dir: Path, global_step: int) -> None:
             tmp.write_text("".join(line + "\n" for line in keep))
             os.replace(tmp, path)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # on a read-only filesystem unlink fails too
+                tmp.unlink()
             raise CheckpointError(f"{path}: cannot rewrite ({reason_of(e)})") from None
 
 
@@ -225,6 +227,48 @@ def _check_resumable(path: Path, meta: dict, config: Config, dtype: str, seed: i
                               "resume with the original settings or use another --out")
 
 
+def _resume(ckpt: Path, config: Config, dtype: str, seed: int,
+            backend: Backend) -> tuple[dict, list, Any, tuple]:
+    """Load ``ckpt`` for ``--resume``: the parameters, the LSTM state, the dropout
+    generator and the counters (epoch, step, global_step, loss_sum, words), as saved.
+
+    The CPU generator continues exactly where it was (its state is in the meta); the GPU
+    generator's state is not saved, so a resumed GPU run draws fresh masks, seeded by
+    (seed, global_step)."""
+    params, state, meta, _ = load_checkpoint(ckpt)
+    missing = [k for k in ("dtype", "seed", "epoch", "step", "global_step", "loss_sum",
+                           "words", "rng") if k not in meta]
+    if missing:
+        raise CheckpointError(f"{ckpt}: its meta lacks {missing}; it cannot be resumed")
+    _check_resumable(ckpt, meta, config, dtype, seed)
+    params = {k: backend.asarray(v) for k, v in params.items()}
+    state = [(backend.asarray(h), backend.asarray(c)) for h, c in state]
+    rng = backend.rng([seed, meta["global_step"]])           # fresh masks, if no state
+    if isinstance(meta["rng"], dict) and backend.name == "cpu":
+        rng.bit_generator.state = meta["rng"]                # exact resume
+    counters = (meta["epoch"], meta["step"], meta["global_step"], meta["loss_sum"],
+                meta["words"])
+    return params, state, rng, counters
+
+
+def _save(ckpt: Path, params: dict, state: list, rng: Any, vocab: list, backend: Backend,
+          *, config: Config, dtype: str, seed: int, epoch: int, step: int, global_step: int,
+          loss_sum: float, words: int) -> None:
+    """Write the checkpoint that ``_resume`` reads: everything needed to continue the
+    run bit for bit. Refuses (TrainingError) to write parameters holding NaN or Inf over
+    the last good checkpoint."""
+    if not all(bool(backend.xp.isfinite(p).all()) for p in params.values()):
+        raise TrainingError(f"the parameters hold NaN or Inf at epoch {epoch}, step "
+                            f"{step}; not saving over {ckpt}; try a lower --lr")
+    meta = {"config": config.to_dict(), "dtype": dtype, "seed": seed, "epoch": epoch,
+            "step": step, "global_step": global_step, "loss_sum": loss_sum,
+            "words": words, "rng": _rng_state(rng),
+            "lr": learning_rate(epoch, config.lr, config.decay_start, config.lr_decay)}
+    save_checkpoint(ckpt, {k: backend.to_numpy(v) for k, v in params.items()},
+                    [(backend.to_numpy(h), backend.to_numpy(c)) for h, c in state],
+                    meta, vocab)
+
+
 def check_before_training(config: Config, corpus: Corpus, dtype: str = "float32",
                           backend: Backend = CPU) -> None:
     """Refuse, before anything is allocated, a run that cannot go through: a batch size
@@ -257,22 +301,9 @@ def train(config: Config, corpus: Corpus, run_dir: str | Path, *, backend: Backe
     if corpus.vocab_size != config.vocab_size:
         config = config.replace(vocab_size=corpus.vocab_size)
     ckpt = checkpoint_path(run_dir)
-    rng = backend.rng(seed)                            # dropout masks, owned here
     if resume:
-        params, state, meta, _ = load_checkpoint(ckpt)
-        missing = [k for k in ("dtype", "seed", "epoch", "step", "global_step", "loss_sum",
-                               "words", "rng") if k not in meta]
-        if missing:
-            raise CheckpointError(f"{ckpt}: its meta lacks {missing}; it cannot be resumed")
-        _check_resumable(ckpt, meta, config, dtype, seed)
-        params = {k: backend.asarray(v) for k, v in params.items()}
-        state = [(backend.asarray(h), backend.asarray(c)) for h, c in state]
-        if isinstance(meta["rng"], dict) and backend.name == "cpu":
-            rng.bit_generator.state = meta["rng"]            # exact resume
-        else:  # the GPU generator's state is not saved: continue with fresh masks
-            rng = backend.rng([seed, meta["global_step"]])
-        epoch, step, global_step = meta["epoch"], meta["step"], meta["global_step"]
-        loss_sum, words = meta["loss_sum"], meta["words"]
+        params, state, rng, counters = _resume(ckpt, config, dtype, seed, backend)
+        epoch, step, global_step, loss_sum, words = counters
         _trim_metrics(run_dir, global_step)
         print(f"resuming {ckpt} at epoch {epoch}, step {step}", file=out)
     else:
@@ -283,19 +314,13 @@ def train(config: Config, corpus: Corpus, run_dir: str | Path, *, backend: Backe
                              config.init_scale, seed=seed, dtype=np.dtype(dtype),
                              backend=backend, tie_weights=config.tie_weights)
         state = zero_state(params, config.batch_size, backend)
+        rng = backend.rng(seed)                        # dropout masks, owned here
         epoch, step, global_step, loss_sum, words = 1, 0, 0, 0.0, 0
 
     def save(epoch: int, step: int) -> None:
-        if not all(bool(backend.xp.isfinite(p).all()) for p in params.values()):
-            raise TrainingError(f"the parameters hold NaN or Inf at epoch {epoch}, step "
-                                f"{step}; not saving over {ckpt}; try a lower --lr")
-        meta = {"config": config.to_dict(), "dtype": dtype, "seed": seed, "epoch": epoch,
-                "step": step, "global_step": global_step, "loss_sum": loss_sum,
-                "words": words, "rng": _rng_state(rng),
-                "lr": learning_rate(epoch, config.lr, config.decay_start, config.lr_decay)}
-        save_checkpoint(ckpt, {k: backend.to_numpy(v) for k, v in params.items()},
-                        [(backend.to_numpy(h), backend.to_numpy(c)) for h, c in state],
-                        meta, corpus.vocab)
+        _save(ckpt, params, state, rng, corpus.vocab, backend, config=config, dtype=dtype,
+              seed=seed, epoch=epoch, step=step, global_step=global_step,
+              loss_sum=loss_sum, words=words)
 
     data = batchify(corpus.train, config.batch_size)
     n = num_windows(data, config.num_steps)
