@@ -185,3 +185,36 @@ def test_sgd_update(builder, data, dtype, shape, lr_scale):
     kernels.sgd_update(want, g, lr_scale)
     kernel(builder, kernels.SGD_UPDATE)(g, lr_scale, p)
     np.testing.assert_array_equal(p, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sgd_update_is_the_plain_update_in_the_parameters_dtype(dtype):
+    """Bit for bit p - lr_scale * g in the parameters' own dtype, across chunk
+    boundaries (float32 arithmetic, not float64 rounded once: they differ in the last
+    bit of some entries)."""
+    rng = np.random.default_rng(0)
+    n = 2 * kernels.SGD_CHUNK + 17
+    p0 = rng.standard_normal(n).astype(dtype)
+    g = rng.standard_normal(n).astype(dtype)
+    lr_scale = 0.123456789
+    p = p0.copy()
+    kernels.sgd_update(p, g, lr_scale)
+    np.testing.assert_array_equal(p, p0 - dtype(lr_scale) * g)
+    if dtype is np.float32:
+        wide = (p0.astype(np.float64) - lr_scale * g.astype(np.float64)).astype(np.float32)
+        assert not np.array_equal(p, wide)          # the test can tell the two apart
+
+
+@pytest.mark.parametrize("p_strided, g_strided", [(True, False), (False, True), (True, True)])
+def test_sgd_update_updates_strided_views_in_place(p_strided, g_strided):
+    """A parameter that is a view (every other column of a larger array) is updated
+    where it lives; reshaping it would update a copy."""
+    rng = np.random.default_rng(1)
+    base_p, base_g = rng.standard_normal((6, 10)), rng.standard_normal((6, 10))
+    p = base_p[:, ::2] if p_strided else base_p[:, :5].copy()
+    g = base_g[:, ::2] if g_strided else base_g[:, :5].copy()
+    want = p - 0.5 * g
+    kernels.sgd_update(p, g, 0.5)
+    np.testing.assert_array_equal(p, want)
+    if p_strided:
+        np.testing.assert_array_equal(base_p[:, ::2], want)

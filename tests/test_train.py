@@ -67,6 +67,45 @@ def test_loss_scale_is_t_not_b_and_clipping_uses_the_scaled_norm():
                                        atol=1e-15, err_msg=k)
 
 
+
+@pytest.mark.parametrize("mode, weight_drop", [("naive", 0.0), ("zaremba", 0.4),
+                                               ("variational", 0.0)])
+def test_train_step_passes_every_setting_and_the_carried_state(mode, weight_drop):
+    """One train_step against loss_and_grads and sgd_step called by hand with the same
+    state, dropout, mode, weight drop and generator: equal bit for bit. The state is
+    non-zero and p = 0.5, so a step that drops any of them differs."""
+    from zaremba_ref.model import init_params, loss_and_grads
+    from zaremba_ref.optim import sgd_step
+    from zaremba_ref.train import train_step
+    config = Config(num_layers=2, hidden_size=5, num_steps=4, batch_size=3, vocab_size=11,
+                    dropout=0.5, mode=mode, weight_drop=weight_drop, max_grad_norm=5.0)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 11, (3, 4)), rng.integers(0, 11, (3, 4))
+    p0 = init_params(11, 5, 2, 0.3, seed=1, dtype=np.float64)
+    state = [(rng.standard_normal((3, 5)), rng.standard_normal((3, 5))) for _ in range(2)]
+    params = {k: v.copy() for k, v in p0.items()}
+    loss, norm, final = train_step(params, x, y, state, config, 0.7, np.random.default_rng(9))
+    want = {k: v.copy() for k, v in p0.items()}
+    loss_want, grads, final_want = loss_and_grads(want, x, y, state, dropout=0.5, mode=mode,
+                                                  rng=np.random.default_rng(9),
+                                                  weight_drop=weight_drop)
+    norm_want = sgd_step(want, grads, 0.7, 5.0, config.loss_scale)
+    assert (loss, norm) == (loss_want, norm_want)
+    for (h, c), (h_want, c_want) in zip(final, final_want):
+        np.testing.assert_array_equal(h, h_want)
+        np.testing.assert_array_equal(c, c_want)
+    for k in p0:
+        np.testing.assert_array_equal(params[k], want[k], err_msg=k)
+    # and each setting matters here: without it the step is another one
+    same = dict(state=state, dropout=0.5, mode=mode, weight_drop=weight_drop)
+    for other in (dict(state=None), dict(dropout=0.0),
+                  dict(mode="naive" if mode == "zaremba" else "zaremba"),
+                  dict(weight_drop=0.0 if weight_drop else 0.4)):
+        kwargs = same | other
+        l_other, _, _ = loss_and_grads(p0, x, y, kwargs.pop("state"),
+                                       rng=np.random.default_rng(9), **kwargs)
+        assert l_other != loss_want, other
+
 def _corpus(toy_data: Path) -> Corpus:
     return load_ptb(toy_data, verify=False)
 
@@ -410,6 +449,38 @@ def test_a_checkpoint_without_a_generator_state_resumes_with_seeded_fresh_masks(
     _, _, rng, counters = _resume(run / "checkpoint.npz", config, "float32", 3, CPU)
     assert counters == (meta["epoch"], meta["step"], 2, meta["loss_sum"], meta["words"])
     assert rng.random(4).tolist() == np.random.default_rng([3, 2]).random(4).tolist()
+
+
+def test_parameters_holding_nan_are_never_saved_over_the_last_checkpoint(toy_data,
+                                                                         tmp_path):
+    """The update after the last finite loss can still overflow: the save refuses it,
+    with the step and the fix, and the last good checkpoint stays as it was."""
+    from zaremba_ref.train import _save
+    run = tmp_path / "run"
+    assert main(_train_args(toy_data, run, "--max-steps", 2)) == 0
+    ckpt = run / "checkpoint.npz"
+    good = ckpt.read_bytes()
+    params, state, meta, vocab = load_checkpoint(run)
+    config = Config.from_dict(meta["config"])
+    params["softmax.b"][0] = np.inf
+    with pytest.raises(TrainingError) as e:
+        _save(ckpt, params, state, np.random.default_rng(0), vocab, CPU, config=config,
+              dtype="float32", seed=3, epoch=1, step=7, global_step=7, loss_sum=1.0,
+              words=20)
+    assert str(e.value) == (f"the parameters hold NaN or Inf at epoch 1, step 7; not "
+                            f"saving over {ckpt}; try a lower --lr")
+    assert ckpt.read_bytes() == good
+
+
+def test_a_checkpoint_holds_the_learning_rate_of_its_epoch(toy_data, tmp_path):
+    """decay_start 1, lr_decay 2: the checkpoint written at the end of epoch 1 (epoch 2,
+    step 0) carries epoch 2's rate, 0.5, for whoever reads it."""
+    run = tmp_path / "run"
+    assert main(_train_args(toy_data, run, "--max-steps", 2)) == 0
+    assert load_checkpoint(run)[2]["lr"] == 1.0
+    assert main(_train_args(toy_data, run, "--resume")) == 0
+    meta = load_checkpoint(run)[2]
+    assert (meta["epoch"], meta["step"], meta["lr"]) == (3, 0, 0.25)
 
 
 def test_only_a_numpy_generator_state_is_saved():

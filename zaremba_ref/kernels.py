@@ -87,7 +87,7 @@ def lstm_cell_forward(z: np.ndarray, c_prev: np.ndarray, c: np.ndarray,
     z (B, 4H): gate pre-activations, overwritten with the gates i, f, o, g (the
     backward pass reads them back). c_prev (B, H) is read; c, h (B, H) are written.
     """
-    H = c.shape[-1]
+    H = c.shape[1]                                       # c is (B, H)
     # sigm(x) = 0.5 tanh(0.5 x) + 0.5 as in sigmoid(), written out so that one tanh
     # over the whole contiguous z serves all four gates (column blocks are slow views).
     ifo = z[:, :3 * H]                                   # i, f, o pre-activations (B, 3H)
@@ -139,7 +139,7 @@ def lstm_cell_backward(gates: np.ndarray, c_prev: np.ndarray, c: np.ndarray,
     gates (B, 4H) are the saved i, f, o, g; tanh(c_t) is recomputed rather than
     stored. dz (B, 4H) and dc_prev (B, H) are written.
     """
-    H = c.shape[-1]
+    H = c.shape[1]                                       # c is (B, H)
     i, f, o, g = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
     tanh_c = np.tanh(c)
     dc = dh * o
@@ -225,7 +225,7 @@ def sgd_update(p: np.ndarray, g: np.ndarray, lr_scale: float) -> None:
     if not (p.flags.c_contiguous and g.flags.c_contiguous):
         p -= lr_scale * g                                # views: the plain form
         return
-    p_flat, g_flat = p.reshape(-1), g.reshape(-1)        # views of the same memory
+    p_flat, g_flat = p.ravel(), g.ravel()                # views of the same memory
     step = np.empty(min(p.size, SGD_CHUNK), p.dtype)     # lr_scale * g, one chunk
     for k in range(0, p.size, SGD_CHUNK):
         n = min(SGD_CHUNK, p.size - k)

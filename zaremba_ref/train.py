@@ -61,8 +61,8 @@ def evaluation_nll(params: dict, stream: np.ndarray, batch_size: int, num_steps:
                                 backend=backend)
         if k <= full:
             total += loss * y.size
-        else:
-            tail += loss * y.size
+        else:                                # the one shorter window, at the end
+            tail = loss * y.size
         count += y.size
         if progress:
             progress.update(k, ppl=f"{perplexity((total + tail) / count):.2f}")
