@@ -19,6 +19,10 @@ from hypothesis import Phase, settings
 # --hypothesis-profile fuzz-debug: report a failure as found, without shrinking it (the
 # fuzzed command lines of test_faults.py shrink slowly)
 settings.register_profile("fuzz-debug", phases=[Phase.explicit, Phase.reuse, Phase.generate])
+# --hypothesis-profile mutation (benchmarks/mutation.sh): the same, for the mutation run,
+# where a mutant needs only one failing example to be killed (shrinking a failing
+# finite-difference check takes minutes), and no example database
+settings.register_profile("mutation", phases=[Phase.explicit, Phase.generate], database=None)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -4,6 +4,7 @@ precision, and argument checks."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -333,6 +334,29 @@ def test_bad_input_raises_a_clear_value_error(change, message):
         z.loss_and_grads(params, **args, **kwargs)
     assert message in str(e.value)
 
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(targets=np.full((2, 3), 9)), "targets holds token ids in [9, 9], expected ids in "
+                                       "[0, 8]"),
+    (dict(targets=np.zeros((3, 2), int)), "targets has shape (3, 2), expected (2, 3)"),
+    (dict(inputs=np.full((2, 3), -1)), "inputs holds token ids in [-1, -1]"),
+])
+def test_evaluation_checks_its_input_as_training_does(bad, message):
+    """loss_only (every evaluation pass) refuses what loss_and_grads refuses, with the
+    same line, rather than an IndexError from deep inside the softmax."""
+    params = z.init_params(9, 4, 2, dtype=np.float64)
+    args = dict(inputs=np.zeros((2, 3), int), targets=np.zeros((2, 3), int)) | bad
+    with pytest.raises(ValueError) as e:
+        z.loss_only(params, args["inputs"], args["targets"])
+    assert message in str(e.value)
+
+
+def test_perplexity_of_a_diverged_loss_is_inf_not_an_error():
+    from zaremba_ref.loss import perplexity
+    assert perplexity(0.0) == 1.0 and perplexity(1.0) == math.e
+    assert perplexity(709.0) == math.exp(709.0) < math.inf
+    assert perplexity(709.9) == perplexity(1e6) == perplexity(math.inf) == math.inf
 
 def test_bad_params_raise():
     params = z.init_params(9, 4, 2)

@@ -226,7 +226,7 @@ def sgd_update(p: np.ndarray, g: np.ndarray, lr_scale: float) -> None:
         p -= lr_scale * g                                # views: the plain form
         return
     p_flat, g_flat = p.ravel(), g.ravel()                # views of the same memory
-    step = np.empty(min(p.size, SGD_CHUNK), p.dtype)     # lr_scale * g, one chunk
+    step = np.empty_like(p_flat[:SGD_CHUNK])             # lr_scale * g, one chunk
     for k in range(0, p.size, SGD_CHUNK):
         n = min(SGD_CHUNK, p.size - k)
         np.multiply(g_flat[k:k + n], lr_scale, out=step[:n])

@@ -24,7 +24,10 @@ Array = Any
 def perplexity(mean_nll: float) -> float:
     """exp(mean NLL); inf where that exceeds the largest float (a diverging run's loss
     of ~710 and more), instead of an OverflowError."""
-    return math.exp(mean_nll) if mean_nll < 709.78 else math.inf
+    try:
+        return math.exp(mean_nll)
+    except OverflowError:
+        return math.inf
 
 
 def target_log_probs(y: Array, w: Array, backend: Backend) -> tuple[Array, Array]:

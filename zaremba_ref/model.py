@@ -223,7 +223,7 @@ def loss_and_grads(params: dict[str, Array], inputs: Array, targets: Array,
 
 def _eval_logits(params, inputs, state, backend):
     """Logits y (T*B, V) without dropout, and the final state."""
-    caches, h = _forward(params, inputs, state, [], backend)
+    caches, h = _forward(params, inputs, state, None, backend)   # no masks: no dropout
     return _logits(params, h), [(cache.h[-1].copy(), cache.c[-1].copy()) for cache in caches]
 
 
@@ -244,5 +244,5 @@ def loss_only(params: dict[str, Array], inputs: Array, targets: Array,
     """
     state = check_call(params, inputs, targets, state, None, 0.0, "none", None, None, backend)
     y, final_state = _eval_logits(params, inputs, state, backend)
-    loss, _ = log_softmax_nll(y, targets.T.reshape(-1), backend)
+    loss, _ = log_softmax_nll(y, targets.T.ravel(), backend)   # time-major, as y  (T*B,)
     return loss, final_state
