@@ -323,6 +323,11 @@ def test_learning_rate_schedule_follows_the_paper():
     (dict(mode="everywhere"), "mode must be one of"),
     (dict(dropout=1.0), "dropout must be in [0, 1)"),
     (dict(dropout=0.5), "dropout > 0 needs rng"),
+    (dict(dstate=[(np.zeros((2, 5)), np.zeros((2, 4)))] * 2),
+     "dstate[0] h has shape (2, 5), expected (batch, hidden) = (2, 4)"),
+    (dict(weight_masks=[np.ones((16, 4))]), "weight_masks must be a list of 2 arrays"),
+    (dict(weight_masks=[np.ones((16, 4)), np.ones((4, 4))]),
+     "weight_masks[1] has shape (4, 4), expected (4 * hidden, hidden) = (16, 4)"),
 ])
 def test_bad_input_raises_a_clear_value_error(change, message):
     params = z.init_params(9, 4, 2, dtype=np.float64)
@@ -357,6 +362,43 @@ def test_perplexity_of_a_diverged_loss_is_inf_not_an_error():
     assert perplexity(0.0) == 1.0 and perplexity(1.0) == math.e
     assert perplexity(709.0) == math.exp(709.0) < math.inf
     assert perplexity(709.9) == perplexity(1e6) == perplexity(math.inf) == math.inf
+
+
+def _untouched(rng: np.random.Generator, state: dict) -> bool:
+    return rng.bit_generator.state == state
+
+
+def test_draw_masks_rates_and_what_draws_nothing():
+    """Which calls draw no random numbers at all (the generator is left as it was), and
+    the rates of variational mode's two kinds of mask (recurrent_p is variational's)."""
+    from zaremba_ref.dropout import draw_masks
+    L, B, T, H = 2, 3, 4, 50
+    for p, mode, q in [(0.0, "variational", None), (0.0, "zaremba", 0.3),
+                       (0.0, "naive", 0.3), (0.5, "none", None)]:
+        rng = np.random.default_rng(0)
+        before = rng.bit_generator.state
+        assert draw_masks(rng, p, mode, L, B, T, H, np.float64, recurrent_p=q) == []
+        assert _untouched(rng, before), (p, mode, q)
+    for p, q in [(0.0, 0.3), (0.5, 0.2), (0.5, None)]:
+        masks = draw_masks(np.random.default_rng(0), p, "variational", L, B, T, H,
+                           np.float64, recurrent_p=q)
+        assert len(masks) == 2 * L + 1 and all(m.shape == (B, H) for m in masks)
+        q = p if q is None else q
+        for k, m in enumerate(masks):
+            rate = p if k <= L else q
+            assert set(np.unique(m)) == ({1.0} if rate == 0 else {0.0, 1 / (1 - rate)}), k
+
+
+def test_weight_masks_have_the_parameters_dtype_and_rate():
+    from zaremba_ref.dropout import draw_weight_masks
+    from zaremba_ref.model import drop_weights
+    for dtype in (np.float32, np.float64):
+        masks = draw_weight_masks(np.random.default_rng(0), 0.25, 2, 6, dtype)
+        assert [(m.shape, m.dtype) for m in masks] == [((24, 6), dtype)] * 2
+        assert set(np.unique(masks[0])) == {0.0, dtype(1 / 0.75)}
+    assert draw_weight_masks(np.random.default_rng(0), 0.0, 2, 6, np.float64) == []
+    params = z.init_params(9, 6, 2, dtype=np.float64)
+    assert drop_weights(params, []) is params
 
 def test_bad_params_raise():
     params = z.init_params(9, 4, 2)
