@@ -400,6 +400,15 @@ def test_weight_masks_have_the_parameters_dtype_and_rate():
     params = z.init_params(9, 6, 2, dtype=np.float64)
     assert drop_weights(params, []) is params
 
+
+def test_init_params_defaults_are_the_small_preset_scale_and_seed_0():
+    """Defaults: uniform(-0.1, 0.1) (the small preset's init_scale), seed 0, float32."""
+    params = z.init_params(9, 4, 2)
+    explicit = z.init_params(9, 4, 2, 0.1, seed=0, dtype=np.float32)
+    assert all(np.array_equal(params[k], explicit[k]) for k in params)
+    assert params["l1.W_x"].dtype == np.float32
+    assert 0.09 < max(float(np.abs(v).max()) for v in params.values()) <= 0.1
+
 def test_bad_params_raise():
     params = z.init_params(9, 4, 2)
     with pytest.raises(ValueError, match="params\\['l2.W_h'\\] has shape"):

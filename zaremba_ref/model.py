@@ -107,7 +107,7 @@ def _forward(params, inputs, state, masks, backend):
         caches.append(cache)
         x = cache.h[1:]                                  # h^l_1 .. h^l_T   (T, B, H)
     if vertical:
-        x = backend.dropout(x, vertical[L], out=backend.xp.empty_like(x))  # D(h^L)
+        x = backend.dropout(x, vertical[-1], out=backend.xp.empty_like(x))  # D(h^L)
     T, B, H = x.shape
     return caches, x.reshape(T * B, H)
 
@@ -192,19 +192,20 @@ def loss_and_grads(params: dict[str, Array], inputs: Array, targets: Array,
     # Output layer and loss
     y = _logits(net, hD)                                # (T*B, V)
     W_s = net[softmax_key(net)]
-    w = targets.T.reshape(-1)                           # time-major like y       (T*B,)
+    w = targets.T.ravel()                               # time-major like y       (T*B,)
     loss, dy = softmax_nll_and_grad(y, w, backend)      # dy = (softmax - onehot) / N
     grads = {softmax_key(net): dy.T @ hD,               # (V, H)
              "softmax.b": xp.ones(len(dy), dy.dtype) @ dy}  # sum over rows, by BLAS  (V,)
     B, T = inputs.shape
-    dx = (dy @ W_s).reshape(T, B, -1)                   # dL/dD(h^L)              (T, B, H)
+    H = hD.shape[1]
+    dx = (dy @ W_s).reshape(T, B, H)                    # dL/dD(h^L)              (T, B, H)
 
     # Down through the layers, each one backward through time
     grads["state"] = [None] * L
     for l in range(L, 0, -1):
         if tm_masks:
             backend.dropout(dx, tm_masks[l], out=dx)    # through D(h^l): dx * mask
-        dh_T, dc_T = dstate[l - 1] if dstate is not None else (xp.zeros_like(state[0][0]),) * 2
+        dh_T, dc_T = dstate[l - 1] if dstate is not None else (xp.zeros((B, H), dx.dtype),) * 2
         dx, dW_x, dW_h, db, dh_0, dc_0 = lstm_backward(
             caches[l - 1], net[f"l{l}.W_x"], net[f"l{l}.W_h"], dx, dh_T, dc_T, backend)
         grads.update({f"l{l}.W_x": dW_x, f"l{l}.W_h": dW_h, f"l{l}.b_x": db, f"l{l}.b_h": db.copy()})
@@ -213,7 +214,7 @@ def loss_and_grads(params: dict[str, Array], inputs: Array, targets: Array,
         backend.dropout(dx, tm_masks[0], out=dx)        # through D(h^0)
     dE = grads.get("embedding")                         # tied: dL/dW_s is already there
     dE = xp.zeros_like(params["embedding"]) if dE is None else dE
-    backend.scatter_add(dE, inputs.T.reshape(-1), dx.reshape(-1, dx.shape[2]))  # rows of used words
+    backend.scatter_add(dE, inputs.T.ravel(), dx.reshape(T * B, H))  # rows of used words
     grads["embedding"] = dE
     for l, M in enumerate(weight_masks, start=1):       # through W_h * M_l: dL/dW_h * M_l
         backend.dropout(grads[f"l{l}.W_h"], M, out=grads[f"l{l}.W_h"])
