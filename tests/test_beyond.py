@@ -197,19 +197,24 @@ def test_weight_drop_runs_the_window_with_masked_W_h():
     assert drop_weights(params, []) is params
 
 
-def test_weight_masks_drawn_after_the_activation_masks():
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_weight_masks_drawn_after_the_activation_masks(dtype):
+    """Drawn from the caller's generator after the activation masks, in the
+    parameters' dtype (a float64 draw would consume the stream differently)."""
     rng = np.random.default_rng(5)
     params, x, y, state, _, _, _ = case(rng, 9, 4, 2, 3, 5)
+    params = {k: v.astype(dtype) for k, v in params.items()}
+    state = [(h.astype(dtype), c.astype(dtype)) for h, c in state]
     a = z.loss_and_grads(params, x, y, state, dropout=0.5, weight_drop=0.3,
                          rng=np.random.default_rng(7))
     r = np.random.default_rng(7)
-    masks = z.draw_masks(r, 0.5, "zaremba", 2, 3, 5, 4, np.float64)
-    wmasks = draw_weight_masks(r, 0.3, 2, 4, np.float64)
+    masks = z.draw_masks(r, 0.5, "zaremba", 2, 3, 5, 4, dtype)
+    wmasks = draw_weight_masks(r, 0.3, 2, 4, dtype)
     assert [M.shape for M in wmasks] == [(16, 4)] * 2
-    np.testing.assert_allclose(np.unique(np.concatenate(wmasks)), [0, 1 / 0.7])
+    np.testing.assert_allclose(np.unique(np.concatenate(wmasks)), [0, 1 / 0.7], rtol=1e-7)
     b = z.loss_and_grads(params, x, y, state, masks, weight_masks=wmasks)
     assert a[0] == b[0] and all(np.array_equal(a[1][k], b[1][k]) for k in params)
-    assert draw_weight_masks(r, 0.0, 2, 4, np.float64) == []
+    assert draw_weight_masks(r, 0.0, 2, 4, dtype) == []
 
 
 @pytest.mark.parametrize("kwargs, message", [
