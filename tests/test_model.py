@@ -409,6 +409,22 @@ def test_init_params_defaults_are_the_small_preset_scale_and_seed_0():
     assert params["l1.W_x"].dtype == np.float32
     assert 0.09 < max(float(np.abs(v).max()) for v in params.values()) <= 0.1
 
+
+@pytest.mark.parametrize("V, H, L, scale", [(0, 4, 2, 0.1), (9, 0, 2, 0.1), (9, 4, 0, 0.1),
+                                            (9, 4, 2, -0.1)])
+def test_init_params_refuses_an_empty_model_or_a_negative_scale(V, H, L, scale):
+    with pytest.raises(ValueError) as e:
+        z.init_params(V, H, L, scale)
+    assert str(e.value) == ("vocab_size, hidden_size, num_layers must be >= 1 and "
+                            f"init_scale >= 0, got {V}, {H}, {L}, {scale}")
+
+
+@pytest.mark.parametrize("L, tie", [(1, False), (3, False), (2, True)])
+def test_init_params_has_exactly_param_names_in_order(L, tie):
+    params = z.init_params(9, 4, L, 0.0, tie_weights=tie)     # scale 0 is allowed: zeros
+    assert list(params) == z.param_names(L, tie)
+    assert all(not v.any() for v in params.values())
+
 def test_bad_params_raise():
     params = z.init_params(9, 4, 2)
     with pytest.raises(ValueError, match="params\\['l2.W_h'\\] has shape"):

@@ -69,13 +69,16 @@ def init_params(vocab_size: int, hidden_size: int, num_layers: int, init_scale: 
                          f"init_scale >= 0, got {vocab_size}, {hidden_size}, {num_layers}, "
                          f"{init_scale}")
     V, H = vocab_size, hidden_size
-    shapes = {"embedding": (V, H), "softmax.W": (V, H), "softmax.b": (V,)}
+    shapes = {"embedding": (V, H)}                   # drawn in param_names' order
     for l in range(1, num_layers + 1):
         shapes.update({f"l{l}.W_x": (4 * H, H), f"l{l}.W_h": (4 * H, H),
                        f"l{l}.b_x": (4 * H,), f"l{l}.b_h": (4 * H,)})
+    if not tie_weights:
+        shapes["softmax.W"] = (V, H)
+    shapes["softmax.b"] = (V,)
     rng = np.random.default_rng(seed)
-    return {k: backend.asarray(rng.uniform(-init_scale, init_scale, shapes[k]), dtype=dtype)
-            for k in param_names(num_layers, tie_weights)}
+    return {k: backend.asarray(rng.uniform(-init_scale, init_scale, shape), dtype=dtype)
+            for k, shape in shapes.items()}
 
 
 def num_layers_of(params: dict[str, Array]) -> int:
