@@ -2,7 +2,7 @@
 # Mutation score of the math and of the trainer's resume/evaluate parts (opt-in, not CI).
 #
 #   pip install "mutmut>=3,<4"
-#   bash benchmarks/mutation.sh                     # every listed part (about 1 h, 2 cores)
+#   bash benchmarks/mutation.sh                     # every listed part (~45 min, 2 free cores)
 #   bash benchmarks/mutation.sh 'zaremba_ref.optim.*' 'zaremba_ref.loss.*'   # some parts
 #   MUTATION_JOBS=1 bash benchmarks/mutation.sh ...  # fewer workers on a busy machine
 #
