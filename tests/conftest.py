@@ -197,3 +197,14 @@ def tmpfs(tmp_path):
         yield where
     finally:
         subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def require_cuda_device():
+    """The real cupy module, for a -m gpu test; skip without cupy, a driver or a device."""
+    cupy = pytest.importorskip("cupy")
+    try:
+        if cupy.cuda.runtime.getDeviceCount() == 0:
+            pytest.skip("no CUDA device")
+    except Exception as e:  # no driver
+        pytest.skip(f"CUDA not usable: {e}")
+    return cupy

@@ -310,12 +310,8 @@ def test_the_gpu_path_matches_numpy(gpu, mode, tie, wd):
                                            ("variational", True, True)])
 def test_cupy_matches_numpy_for_every_option(mode, tie, wd):
     """On a real device (-m gpu): CuPy float64 equals NumPy float64 to 1e-10."""
-    cupy = pytest.importorskip("cupy")
-    try:
-        if cupy.cuda.runtime.getDeviceCount() == 0:
-            pytest.skip("no CUDA device")
-    except Exception as e:  # no driver
-        pytest.skip(f"CUDA not usable: {e}")
+    from conftest import require_cuda_device
+    require_cuda_device()
     c = case(np.random.default_rng(8), 50, 16, 2, 4, 5, mode, tie, wd)
     want = run_on(CPU, mode, c)
     got = run_on(z.get_backend("gpu"), mode, c)

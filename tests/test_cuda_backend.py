@@ -28,7 +28,7 @@ from zaremba_ref.cuda_backend import make_gpu_backend
 from zaremba_ref.optim import sgd_step
 from zaremba_ref.train import train
 
-from conftest import assert_train_steps_match, skip_or_fail
+from conftest import assert_train_steps_match, require_cuda_device, skip_or_fail
 from fake_cupy import make_fake_cupy
 
 KERNELS = ("lstm_cell_forward", "lstm_cell_backward", "dropout", "softmax_cross_entropy_grad",
@@ -346,12 +346,7 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
 def test_cupy_matches_numpy(shape, mode):
     """CuPy float64 equals NumPy float64 to 1e-10 (loss, every gradient, final state,
     updated params); CuPy float32 is as close to it as NumPy float32 is."""
-    cupy = pytest.importorskip("cupy")
-    try:
-        if cupy.cuda.runtime.getDeviceCount() == 0:
-            pytest.skip("no CUDA device")
-    except Exception as e:  # no driver
-        pytest.skip(f"CUDA not usable: {e}")
+    cupy = require_cuda_device()
     gpu = get_backend("gpu")
     assert gpu.xp is cupy
     case = make_case(mode, seed=shape["V"], **shape)
