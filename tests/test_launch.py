@@ -21,7 +21,7 @@ from zaremba_ref.cli import main
 from zaremba_ref.data import load_ptb
 from zaremba_ref.ensemble import evaluate_ensemble
 from zaremba_ref.launch import LaunchError, Member, train_subset
-from zaremba_ref.launch_commands import parse_settings, sweep_summary
+from zaremba_ref.launch_commands import _unfinished, parse_settings, sweep_summary
 
 from conftest import REPO, write_toy_corpus
 
@@ -85,11 +85,12 @@ def _launcher(args: list[str]) -> subprocess.Popen:
 
 
 def test_a_rerun_after_a_real_interruption_skips_done_members_and_resumes(tmp_path):
-    """SIGTERM to the launcher while it trains the second member: the trainer saves and
-    the launcher exits 130. Run again: member 0 is skipped, member 1 resumes from its
-    checkpoint, and ends bit for bit where an uninterrupted member ends."""
+    """SIGTERM to the launcher while it trains the second of three members: the trainer
+    saves and the launcher exits 130, naming member 1 interrupted and member 2 still
+    queued. Run again: member 0 is skipped, member 1 resumes from its checkpoint, and
+    ends bit for bit where an uninterrupted member ends."""
     big = write_toy_corpus(tmp_path / "big", words_per_split=(20_000, 1_500, 1_500))
-    args = ensemble_args(big, tmp_path / "ens", "--seeds", 0, 1)
+    args = ensemble_args(big, tmp_path / "ens", "--seeds", 0, 1, 2)
     p = _launcher(args)
     ckpt = tmp_path / "ens/member-1/checkpoint.npz"
     deadline = time.time() + 120
@@ -98,7 +99,9 @@ def test_a_rerun_after_a_real_interruption_skips_done_members_and_resumes(tmp_pa
     time.sleep(0.2)
     p.send_signal(signal.SIGTERM)
     assert p.wait(timeout=60) == 130
-    assert "run the same command again" in p.stderr.read()
+    err = p.stderr.read()
+    assert "run the same command again" in err
+    assert "2 member(s) not done (member-1: interrupted, member-2: queued)" in err
     meta = load_checkpoint(ckpt)[2]
     assert meta["epoch"] == 1 and meta["step"] > 0            # stopped inside epoch 1
     assert not (tmp_path / "ens/member-1/done.json").exists()
@@ -318,3 +321,17 @@ def test_the_package_and_the_local_engine_never_import_ray(toy_data, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr
+
+
+@pytest.mark.parametrize("states, code", [
+    ({"a": "done", "b": "done"}, 0),
+    ({"a": "done", "b": "failed"}, 1),
+    ({"a": "failed", "b": "interrupted"}, 130),
+    ({"a": "failed", "b": "queued"}, 130),      # not reached: stopped before it started
+])
+def test_the_exit_code_says_whether_running_again_can_finish(states, code, capsys):
+    assert _unfinished(states) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == (code != 0)
+    if code:
+        assert ("fix the cause" in err) == ("failed" in states.values())

@@ -480,8 +480,9 @@ def launch(members: Sequence[Member], engine: str = "local", *, parallel: int = 
         else:
             stop = _run_in_process(todo, report)
     states = {m.name: report.state(m)[0] for m in todo}
-    if stop:
-        states = {k: (v if v in ("done", "failed") else stop) for k, v in states.items()}
+    if stop:            # those stopped mid-way; one never started is still queued
+        states = {k: (v if v in ("done", "failed", "queued") else stop)
+                  for k, v in states.items()}
     return {m.name: states.get(m.name, "done") for m in members}
 
 

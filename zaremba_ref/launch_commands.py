@@ -30,7 +30,7 @@ def _unfinished(states: dict[str, str]) -> int:
            if "failed" in bad.values() else "run the same command again to resume them")
     print(f"error: {len(bad)} member(s) not done ({listed}); {fix}", file=sys.stderr,
           flush=True)
-    return 130 if "interrupted" in bad.values() else 1
+    return 130 if {"interrupted", "queued"} & set(bad.values()) else 1   # queued: not reached
 
 
 # ---------------------------------------------------------------- summing up
