@@ -21,7 +21,8 @@ from .rules import SEED, TEXT, add_option, count, one_of, real
 
 
 def _unfinished(states: dict[str, str]) -> int:
-    """0 if every member is done; else one line on stderr and 130 (interrupted) or 1."""
+    """0 if every member is done; else one line on stderr and 130 (interrupted or not yet
+    reached: running again finishes them) or 1 (only failures)."""
     bad = {k: v for k, v in states.items() if v != "done"}
     if not bad:
         return 0
