@@ -86,6 +86,21 @@ def test_plot_writes_the_picture_with_the_expected_lines(tmp_path):
     assert list(ax_lr.get_lines()[1].get_ydata())[-1] == pytest.approx(1 / 1.2)
 
 
+def test_the_papers_marks_once_per_preset_in_the_first_runs_colour(tmp_path):
+    """medium and its dropout-0 control: the control's bare metrics follow the medium
+    schedule for its 6 epochs, so both match the preset; the marks are drawn once."""
+    _need_matplotlib()
+    from zaremba_ref.plot import save_plot
+    medium = _metrics(tmp_path / "medium.jsonl", "medium", epochs=9, test=None)
+    control = _metrics(tmp_path / "control.jsonl", "medium", epochs=6, test=140.0)
+    fig = save_plot([str(medium), str(control)], tmp_path / "c.png", ["p 0.5", "p 0"])
+    lines = fig.axes[0].get_lines()
+    assert [line.get_label() for line in lines] == [
+        "p 0.5 train", "p 0.5 valid", "paper medium valid 86.2", "paper medium test 82.7",
+        "p 0 train", "p 0 valid", "p 0 test 140.00"]
+    assert lines[2].get_color() == lines[0].get_color() != lines[4].get_color()
+
+
 def test_a_run_directory_uses_its_checkpoint_configuration(tmp_path, toy_data):
     _need_matplotlib()
     run = tmp_path / "run"

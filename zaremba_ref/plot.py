@@ -100,8 +100,9 @@ def read_curves(path: str | os.PathLike, label: str | None = None) -> Curves:
 
 def plot_curves(runs: list[Curves], title: str | None = None):
     """A matplotlib Figure: perplexity per epoch (train dashed, valid solid, log scale),
-    the paper's final valid (o) and test (x) for each run's preset, our test (*), and the
-    learning rate in a panel below."""
+    our test (*), the paper's final valid (o) and test (x) once for each preset that a run
+    follows (in the colour of the first such run), and the learning rate in a panel
+    below."""
     try:
         from matplotlib.figure import Figure
         from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
@@ -110,6 +111,7 @@ def plot_curves(runs: list[Curves], title: str | None = None):
                         "(or pip install matplotlib)") from None
     fig = Figure(figsize=(8, 6), layout="constrained")
     ax, ax_lr = fig.subplots(2, 1, sharex=True, height_ratios=[4, 1])
+    marked: set[str] = set()   # once per preset: a control run's schedule matches it too
     for k, run in enumerate(runs):
         color = f"C{k}"
         ax.plot(run.epochs, run.train_ppl, "--", color=color, label=f"{run.label} train")
@@ -117,7 +119,8 @@ def plot_curves(runs: list[Curves], title: str | None = None):
         if run.test_ppl is not None:
             ax.plot([run.epochs[-1]], [run.test_ppl], "*", color=color, markersize=10,
                     label=f"{run.label} test {run.test_ppl:.2f}")
-        if run.preset is not None:
+        if run.preset is not None and run.preset not in marked:
+            marked.add(run.preset)
             valid, test = PAPER_RESULTS[run.preset]
             x = PRESETS[run.preset].max_epoch
             ax.plot([x], [valid], "o", mfc="none", color=color, markersize=9,
