@@ -393,10 +393,11 @@ def test_the_example_without_torch_says_so_in_one_line():
 
 
 def test_the_readme_shows_the_kits_real_report(tmp_path, capsys):
-    """The README's report is what check-impl prints for the example with its gates read
-    in the paper's order (the table's numbers to 3 digits, below 1e-15 as noise)."""
+    """The report shown in docs/oracle.md is what check-impl prints for the example with its
+    gates read in the paper's order (the table's numbers to 3 digits, below 1e-15 as noise)."""
     import_torch()                       # the example is written in PyTorch ops
-    section = (REPO / "README.md").read_text().split("## Check your own implementation")[1]
+    page = (REPO / "docs" / "oracle.md").read_text()
+    section = page.split("## Check your own implementation")[1]
     shown = re.search(r"the kit prints \(exit code 1\):\n\n```\n(.*?)\n```", section,
                       re.S).group(1).splitlines()
     source = (REPO / "examples" / "check_my_lstm.py").read_text()
