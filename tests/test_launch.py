@@ -84,6 +84,13 @@ def _launcher(args: list[str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _launch_and_wait(args: list[str]) -> None:
+    """``_launcher(args)`` to its end, which must be exit code 0."""
+    proc = _launcher(args)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+
+
 def test_a_rerun_after_a_real_interruption_skips_done_members_and_resumes(tmp_path):
     """SIGTERM to the launcher while it trains the second of three members: the trainer
     saves and the launcher exits 130, naming member 1 interrupted and member 2 still
@@ -116,7 +123,8 @@ def test_a_rerun_after_a_real_interruption_skips_done_members_and_resumes(tmp_pa
     starts = [s for s in lines(tmp_path / "ens/member-1/segments.jsonl") if s["event"] == "start"]
     assert starts[1]["global_step"] == meta["global_step"] > 0   # not from step 0
     ref = tmp_path / "ref"
-    assert main(ensemble_args(big, ref, "--seeds", 1)) == 0
+    # through _launcher too: both sides with the same BLAS thread count, so bit for bit
+    _launch_and_wait(ensemble_args(big, ref, "--seeds", 1))
     a, b = params(ref / "member-1"), params(tmp_path / "ens/member-1")
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
@@ -142,10 +150,12 @@ def test_sigterm_stops_parallel_members_which_save_and_resume(tmp_path):
         pid = lines(run / "attempts.jsonl")[0]["pid"]
         assert pid != p.pid and not Path(f"/proc/{pid}").exists()       # gone, not orphaned
         assert "interrupted: checkpoint saved" in (run / "train.log").read_text()
-    assert main(args[:-2]) == 0                       # again, in this process this time
+    # again, sequentially, and the plain run: both through _launcher, like the workers
+    # above, so that every side uses the same BLAS thread count (bit for bit)
+    _launch_and_wait(args[:-2])
     plain = tmp_path / "plain"
-    assert main(["train", "--data-dir", str(big), "--out", str(plain), "--seed", "0",
-                 *TINY]) == 0
+    _launch_and_wait(["train", "--data-dir", str(big), "--out", str(plain), "--seed", "0",
+                      *TINY])
     a, b = params(plain), params(tmp_path / "ens/member-0")
     assert all(np.array_equal(a[k], b[k]) for k in a)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from zaremba_ref.checkpoint import load_checkpoint
 from zaremba_ref.cli import main
@@ -139,9 +140,11 @@ def test_two_members_as_ray_tasks_then_their_average(local_ray, toy_data, tmp_pa
         pids = [a["pid"] for a in map(json.loads, (out / f"member-{s}/attempts.jsonl")
                                       .read_text().splitlines())]
         assert len(pids) == 1 and pids[0] != os.getpid()
-    # the same member as the local engine trains it, bit for bit
-    assert main(["ensemble", "train", "--seeds", "1", "--data-dir", str(toy_data), "--out",
-                 str(tmp_path / "local"), *TINY]) == 0
+    # the same member as the local engine trains it, bit for bit: with one BLAS thread,
+    # as the Ray workers (OPENBLAS_NUM_THREADS=1, OMP_NUM_THREADS=1) use
+    with threadpool_limits(1, user_api="blas"):
+        assert main(["ensemble", "train", "--seeds", "1", "--data-dir", str(toy_data),
+                     "--out", str(tmp_path / "local"), *TINY]) == 0
     a, b = (load_checkpoint(d / "member-1")[0] for d in (out, tmp_path / "local"))
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
