@@ -160,6 +160,8 @@ def ours(cfg, backend, dtype):
     from zaremba_ref.train import train_step
     params = init_params(cfg.vocab_size, cfg.hidden_size, cfg.num_layers, cfg.init_scale,
                          seed=0, dtype=dtype, backend=backend)
+    # each with an arena of its own, as train() and evaluation_nll() run their steps
+    train_backend, eval_backend = backend.with_arena(), backend.with_arena()
     wins, rng = random_windows(backend.xp, cfg), backend.rng(0)
     s = {"train": zero_state(params, cfg.batch_size, backend),
          "eval": zero_state(params, cfg.batch_size, backend), "k": 0}
@@ -167,12 +169,13 @@ def ours(cfg, backend, dtype):
     def train():
         x, y = wins[s["k"] % len(wins)]
         s["k"] += 1
-        _, _, s["train"] = train_step(params, x, y, s["train"], cfg, cfg.lr, rng, backend)
+        _, _, s["train"] = train_step(params, x, y, s["train"], cfg, cfg.lr, rng, train_backend)
 
     def evaluate():
         x, y = wins[s["k"] % len(wins)]
         s["k"] += 1
-        _, s["eval"] = loss_only(params, x, y, s["eval"], backend=backend)
+        eval_backend.arena.reset()
+        _, s["eval"] = loss_only(params, x, y, s["eval"], backend=eval_backend)
     return train, evaluate
 
 
@@ -296,13 +299,15 @@ def bench(cfg, args, backend, threads) -> dict:
 
 def machine(threads) -> dict:
     import numpy as np
+    from zaremba_ref.machine import blas_info, numpy_simd
     try:                            # without importing torch (its RSS would count)
         tv = importlib.metadata.version("torch")
     except importlib.metadata.PackageNotFoundError:
         tv = None
     return {"platform": platform.platform(), "processor": platform.processor() or None,
             "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "threads": threads, "numpy_version": np.__version__, "torch_version": tv}
+            "threads": threads, "numpy_version": np.__version__, "numpy_simd": numpy_simd(),
+            "blas": blas_info(), "torch_version": tv}
 
 
 def table(res, cfg, args) -> str:
@@ -313,7 +318,8 @@ def table(res, cfg, args) -> str:
     floor, tw = res["gemm_floor_words_per_sec"], res["torch_words_per_sec"]
     lines = [f"zaremba_ref bench: {args.config} L={cfg.num_layers} H={cfg.hidden_size} "
              f"T={cfg.num_steps} B={cfg.batch_size} V={cfg.vocab_size} dropout={cfg.dropout} "
-             f"{args.dtype} {args.device}, {res['threads']} threads",
+             f"{args.dtype} {args.device}, {res['threads']} threads, BLAS "
+             f"{res['blas']['library']} {res['blas']['version']} kernel {res['blas']['kernel']}",
              f"{args.repeats} rounds x {args.steps} steps, interleaved, warmup {args.warmup}; "
              "median over rounds",
              f"{'':12}{'words/s':>12}{'ms/step':>10}{'vs floor':>10}{'vs torch':>10}"]
@@ -367,6 +373,11 @@ def main(argv=None) -> int:
     except ResourceError as e:
         print(f"bench.py: error: {e}", file=sys.stderr)
         return 2
+    if backend.name == "cpu":                          # one line, before any timing
+        from zaremba_ref.machine import forced_kernel_note
+        note = forced_kernel_note()
+        if note:
+            print(note, file=sys.stderr)
     if not args.scaling:
         res = run_one(base, args, backend, threads)
         if not args.json_only:

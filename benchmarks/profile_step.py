@@ -2,7 +2,7 @@
 """Where one training step's time goes: the step of ``loss_and_grads`` + ``sgd_step``
 cut into its sections and timed one by one (ms per step, mean over N steps).
 
-    python benchmarks/profile_step.py [--config small|medium] [--steps N]
+    python benchmarks/profile_step.py [--config small|medium|large] [--steps N]
 
 The sections call the same functions as the model (``lstm_forward``, the softmax
 products, ``softmax_nll_and_grad``, ``lstm_backward``, the embedding gradient,
@@ -23,12 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working tree
 from zaremba_ref import CPU, init_params, sgd_step, zero_state  # noqa: E402
 from zaremba_ref.config import PRESETS  # noqa: E402
 from zaremba_ref.loss import softmax_nll_and_grad  # noqa: E402
+from zaremba_ref.machine import blas_info  # noqa: E402
 from zaremba_ref.lstm import lstm_backward, lstm_forward  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", choices=("small", "medium"), default="small")
+    ap.add_argument("--config", choices=("small", "medium", "large"), default="small")
     ap.add_argument("--steps", type=int, default=30)
     args = ap.parse_args()
     cfg = PRESETS[args.config]
@@ -79,7 +80,9 @@ def main() -> None:
         timed("global norm + SGD update", lambda: sgd_step(p, grads, 0.0, cfg.max_grad_norm,
                                                            cfg.loss_scale))
     total = sum(spent.values())
-    print(f"{args.config}: ms per training step, mean of {args.steps}")
+    blas = blas_info()
+    print(f"{args.config}: ms per training step, mean of {args.steps}; BLAS {blas['library']} "
+          f"{blas['version']}, kernel {blas['kernel']}, {blas['threads']} threads")
     for name, seconds in spent.items():
         print(f"  {name:48s} {seconds / args.steps * 1e3:7.2f}  {seconds / total:6.1%}")
     print(f"  {'total':48s} {total / args.steps * 1e3:7.2f}  ({B * T * args.steps / total:,.0f} words/s)")

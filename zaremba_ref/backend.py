@@ -11,7 +11,7 @@ imports numpy or cupy by itself and never asks which one it has.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any, Callable
 
@@ -22,6 +22,36 @@ from . import kernels
 
 class BackendUnavailable(RuntimeError):
     """The requested device cannot be used here (the message says why and the fix)."""
+
+
+class Arena:
+    """Buffers handed out again, in the same order, after each :meth:`reset`.
+
+    A training step asks for the same arrays in the same order every time (z, h, c,
+    the logits, the gradients, ...). Fresh arrays of those sizes (up to 60 MB each for
+    the large model) come from the kernel as fresh pages, and touching them for the
+    first time costs more than the arithmetic on them. An arena keeps each step's
+    arrays and gives them back to the next step: the k-th request after a reset gets
+    the k-th buffer, if its shape and dtype match (else a new one takes its place).
+    Whoever resets promises that nothing handed out before is still in use.
+    """
+
+    def __init__(self, xp: ModuleType):
+        self.xp, self.buffers, self.k = xp, [], 0
+
+    def empty(self, shape: tuple, dtype: Any) -> Any:
+        k, self.k = self.k, self.k + 1
+        if k < len(self.buffers):
+            a = self.buffers[k]
+            if a.shape == tuple(shape) and a.dtype == dtype:
+                return a
+            self.buffers[k] = a = self.xp.empty(shape, dtype)
+            return a
+        self.buffers.append(self.xp.empty(shape, dtype))
+        return self.buffers[k]
+
+    def reset(self) -> None:
+        self.k = 0
 
 
 @dataclass(frozen=True)
@@ -36,6 +66,23 @@ class Backend:
     softmax_cross_entropy_grad: Callable[..., Any]
     sgd_update: Callable[..., None]
     scatter_add: Callable[..., None]           # a[indices] += values, repeats accumulate
+    arena: Arena | None = field(default=None, compare=False)  # see with_arena()
+
+    def empty(self, shape: tuple, dtype: Any) -> Any:
+        """An uninitialised array: from the arena if this backend has one, else fresh."""
+        return self.arena.empty(shape, dtype) if self.arena else self.xp.empty(shape, dtype)
+
+    def zeros(self, shape: tuple, dtype: Any) -> Any:
+        """An array of zeros (from the arena if this backend has one)."""
+        a = self.empty(shape, dtype)
+        a.fill(0)
+        return a
+
+    def with_arena(self) -> "Backend":
+        """This backend with an :class:`Arena` of its own: every array the model asks
+        for is reused after ``self.arena.reset()``. For a loop that owns its steps (the
+        trainer); a caller that keeps results across calls wants the plain backend."""
+        return replace(self, arena=Arena(self.xp))
 
     def asarray(self, a: Any, dtype: Any = None) -> Any:
         """Move a host array (or anything array-like) onto this backend."""

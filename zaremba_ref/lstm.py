@@ -56,12 +56,13 @@ def lstm_forward(W_x: Array, W_h: Array, b_x: Array, b_h: Array, x: Array,
     xp = backend.xp
     T, B, H_in = x.shape
     H = h0.shape[1]
-    z = (x.reshape(T * B, H_in) @ W_x.T).reshape(T, B, 4 * H)   # W_x x_t for all t  (T, B, 4H)
+    z = backend.empty((T, B, 4 * H), x.dtype)
+    xp.matmul(x.reshape(T * B, H_in), W_x.T, out=z.reshape(T * B, 4 * H))  # W_x x_t, all t  (T, B, 4H)
     z += b_x + b_h
-    h = xp.empty((T + 1, B, H), dtype=x.dtype)
-    c = xp.empty((T + 1, B, H), dtype=x.dtype)
+    h = backend.empty((T + 1, B, H), x.dtype)
+    c = backend.empty((T + 1, B, H), x.dtype)
     h[0], c[0] = h0, c0
-    h_rec = h[:-1] if h_mask is None else xp.empty((T, B, H), dtype=x.dtype)
+    h_rec = h[:-1] if h_mask is None else backend.empty((T, B, H), x.dtype)
     for t in range(1, T + 1):
         if h_mask is not None:  # naive, variational: dropout on the recurrent connection
             backend.dropout(h[t - 1], h_mask[t - 1], out=h_rec[t - 1])
@@ -88,7 +89,7 @@ def lstm_backward(cache: LayerCache, W_x: Array, W_h: Array, dh_out: Array,
     x, gates, h, c = cache.x, cache.gates, cache.h, cache.c
     T, B, H_in = x.shape
     H = h.shape[2]
-    dz = xp.empty_like(gates)                          # dL/dz_t          (T, B, 4H)
+    dz = backend.empty(gates.shape, gates.dtype)       # dL/dz_t          (T, B, 4H)
     dh_next = dh_T                                     # dL/dh_t via step t+1
     dc_next, dc_prev = dc_T.copy(), xp.empty_like(dc_T)
     for t in range(T, 0, -1):
@@ -99,9 +100,12 @@ def lstm_backward(cache: LayerCache, W_x: Array, W_h: Array, dh_out: Array,
         dh_next = dz[t - 1] @ W_h                      # through W_h h_{t-1}   (B, H)
         if cache.h_mask is not None:                   # naive, variational: through D(h_{t-1})
             backend.dropout(dh_next, cache.h_mask[t - 1], out=dh_next)
-    dZ = dz.reshape(T * B, 4 * H)
-    dW_x = dZ.T @ x.reshape(T * B, H_in)               # sum_t dz_t x_t^T        (4H, H_in)
-    dW_h = dZ.T @ cache.h_rec.reshape(T * B, H)        # sum_t dz_t h_{t-1}^T    (4H, H)
-    db = xp.ones(T * B, dZ.dtype) @ dZ                 # sum_t dz_t, by BLAS     (4H,)
-    dx = (dZ @ W_x).reshape(T, B, H_in)                # dL/dx_t for all t       (T, B, H_in)
+    dZ, dtype = dz.reshape(T * B, 4 * H), dz.dtype
+    dW_x = xp.matmul(dZ.T, x.reshape(T * B, H_in),     # sum_t dz_t x_t^T        (4H, H_in)
+                     out=backend.empty((4 * H, H_in), dtype))
+    dW_h = xp.matmul(dZ.T, cache.h_rec.reshape(T * B, H),  # sum_t dz_t h_{t-1}^T  (4H, H)
+                     out=backend.empty((4 * H, H), dtype))
+    db = xp.ones(T * B, dtype) @ dZ                    # sum_t dz_t, by BLAS     (4H,)
+    dx = backend.empty((T, B, H_in), dtype)            # dL/dx_t for all t       (T, B, H_in)
+    xp.matmul(dZ, W_x, out=dx.reshape(T * B, H_in))
     return dx, dW_x, dW_h, db, dh_next, dc_next

@@ -102,7 +102,7 @@ def _forward(params, inputs, state, masks, backend):
     caches = []
     for l in range(1, L + 1):
         if vertical:
-            x = backend.dropout(x, vertical[l - 1], out=backend.xp.empty_like(x))  # D(h^{l-1})
+            x = backend.dropout(x, vertical[l - 1], out=backend.empty(x.shape, x.dtype))  # D(h^{l-1})
         h0, c0 = state[l - 1]
         cache = lstm_forward(params[f"l{l}.W_x"], params[f"l{l}.W_h"], params[f"l{l}.b_x"],
                              params[f"l{l}.b_h"], x, h0, c0, backend,
@@ -110,7 +110,7 @@ def _forward(params, inputs, state, masks, backend):
         caches.append(cache)
         x = cache.h[1:]                                  # h^l_1 .. h^l_T   (T, B, H)
     if vertical:
-        x = backend.dropout(x, vertical[-1], out=backend.xp.empty_like(x))  # D(h^L)
+        x = backend.dropout(x, vertical[-1], out=backend.empty(x.shape, x.dtype))  # D(h^L)
     T, B, H = x.shape
     return caches, x.reshape(T * B, H)
 
@@ -124,9 +124,10 @@ def softmax_key(params: dict[str, Array]) -> str:
     return "softmax.W" if "softmax.W" in params else "embedding"
 
 
-def _logits(params, hD):
+def _logits(params, hD, backend):
     """The output layer, y = W_s D(h^L) + b_s, for D(h^L) (T*B, H): logits (T*B, V)."""
-    y = hD @ params[softmax_key(params)].T              # (T*B, H) @ (H, V)
+    W_s = params[softmax_key(params)]
+    y = backend.xp.matmul(hD, W_s.T, out=backend.empty((len(hD), len(W_s)), hD.dtype))  # (T*B, V)
     y += params["softmax.b"]
     return y
 
@@ -155,7 +156,7 @@ def drop_weights(params: dict[str, Array], weight_masks: Sequence[Array],
     replaced (new arrays; ``params`` itself is untouched), or ``params`` if no masks.
     """
     dropped = {f"l{l}.W_h": backend.dropout(params[f"l{l}.W_h"], M,
-                                            out=backend.xp.empty_like(M))
+                                            out=backend.empty(M.shape, M.dtype))
                for l, M in enumerate(weight_masks, start=1)}
     return dict(params, **dropped) if dropped else params
 
@@ -193,15 +194,16 @@ def loss_and_grads(params: dict[str, Array], inputs: Array, targets: Array,
     caches, hD = _forward(net, inputs, state, tm_masks, backend)
 
     # Output layer and loss
-    y = _logits(net, hD)                                # (T*B, V)
+    y = _logits(net, hD, backend)                       # (T*B, V)
     W_s = net[softmax_key(net)]
     w = targets.T.ravel()                               # time-major like y       (T*B,)
     loss, dy = softmax_nll_and_grad(y, w, backend)      # dy = (softmax - onehot) / N
-    grads = {softmax_key(net): dy.T @ hD,               # (V, H)
-             "softmax.b": xp.ones(len(dy), dy.dtype) @ dy}  # sum over rows, by BLAS  (V,)
     B, T = inputs.shape
     H = hD.shape[1]
-    dx = (dy @ W_s).reshape(T, B, H)                    # dL/dD(h^L)              (T, B, H)
+    grads = {softmax_key(net): xp.matmul(dy.T, hD, out=backend.empty(W_s.shape, dy.dtype)),  # (V, H)
+             "softmax.b": xp.ones(len(dy), dy.dtype) @ dy}  # sum over rows, by BLAS  (V,)
+    dx = backend.empty((T, B, H), dy.dtype)             # dL/dD(h^L)              (T, B, H)
+    xp.matmul(dy, W_s, out=dx.reshape(T * B, H))
 
     # Down through the layers, each one backward through time
     grads["state"] = [None] * L
@@ -216,7 +218,7 @@ def loss_and_grads(params: dict[str, Array], inputs: Array, targets: Array,
     if tm_masks:
         backend.dropout(dx, tm_masks[0], out=dx)        # through D(h^0)
     dE = grads.get("embedding")                         # tied: dL/dW_s is already there
-    dE = xp.zeros_like(params["embedding"]) if dE is None else dE
+    dE = backend.zeros(params["embedding"].shape, dx.dtype) if dE is None else dE
     backend.scatter_add(dE, inputs.T.ravel(), dx.reshape(T * B, H))  # rows of used words
     grads["embedding"] = dE
     for l, M in enumerate(weight_masks, start=1):       # through W_h * M_l: dL/dW_h * M_l
@@ -228,7 +230,8 @@ def loss_and_grads(params: dict[str, Array], inputs: Array, targets: Array,
 def _eval_logits(params, inputs, state, backend):
     """Logits y (T*B, V) without dropout, and the final state."""
     caches, h = _forward(params, inputs, state, None, backend)   # no masks: no dropout
-    return _logits(params, h), [(cache.h[-1].copy(), cache.c[-1].copy()) for cache in caches]
+    return _logits(params, h, backend), [(cache.h[-1].copy(), cache.c[-1].copy())
+                                         for cache in caches]
 
 
 def forward(params: dict[str, Array], inputs: Array, state: State | None = None, *,

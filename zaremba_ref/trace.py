@@ -99,7 +99,7 @@ def trace(params: dict, inputs: np.ndarray, targets: np.ndarray, state: list | N
             out[f"l{l}.{gate}"] = cache.gates[..., j * H:(j + 1) * H].copy()
         out[f"l{l}.c"] = cache.c[1:].copy()
         out[f"l{l}.h"] = cache.h[1:].copy()
-    out["logits"] = _logits(params, hD).reshape(T, B, V)
+    out["logits"] = _logits(params, hD, CPU).reshape(T, B, V)
     out["loss"] = np.array(loss, dtype=np.float64)
     for name in param_names(L, tie_weights="softmax.W" not in params):
         out[f"grad.{name}"] = grads[name]

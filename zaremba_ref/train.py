@@ -26,7 +26,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from .backend import CPU, Backend
-from . import resources
+from . import machine, resources
 from .checkpoint import (CheckpointError, checkpoint_path, load_checkpoint, reason_of,
                          save_checkpoint)
 from .config import Config
@@ -52,11 +52,13 @@ def evaluation_nll(params: dict, stream: np.ndarray, batch_size: int, num_steps:
     of words predicted."""
     data = batchify(stream, batch_size)
     n = num_evaluation_windows(data, num_steps)
+    backend = backend.with_arena()        # each window reuses the last one's arrays
     full = num_windows(data, num_steps)
     state = None                          # loss_only starts the pass from the zero state
     total, tail, count = 0.0, 0.0, 0
     progress = Progress(n, progress_prefix, out) if progress_prefix else None
     for k, (x, y) in enumerate(evaluation_windows(data, num_steps), start=1):
+        backend.arena.reset()
         loss, state = loss_only(params, backend.asarray(x), backend.asarray(y), state,
                                 backend=backend)
         if k <= full:
@@ -93,7 +95,11 @@ def train_step(params: dict, inputs: Any, targets: Any, state: list, config: Con
                lr: float, rng: Any, backend: Backend = CPU) -> tuple[float, float, list]:
     """One step of the paper's SGD on one window: forward and backward through time
     (dropout as configured), clip the global norm of the objective's gradient, update.
-    Returns (mean NLL of the window, gradient norm before clipping, final state)."""
+    Returns (mean NLL of the window, gradient norm before clipping, final state).
+    With an arena backend (``backend.with_arena()``, as ``train`` passes) the step reuses
+    the previous step's arrays."""
+    if backend.arena:
+        backend.arena.reset()
     loss, grads, state = loss_and_grads(params, inputs, targets, state,
                                         dropout=config.dropout, mode=config.mode, rng=rng,
                                         weight_drop=config.weight_drop, backend=backend)
@@ -296,6 +302,7 @@ def train(config: Config, corpus: Corpus, run_dir: str | Path, *, backend: Backe
     """
     out = out or sys.stdout
     config.validate()
+    step_backend = backend.with_arena()                # the steps reuse their arrays
     run_dir = prepare_run_dir(run_dir, resume)         # a directory we may write, no other run
     check_before_training(config, corpus, dtype, backend)
     if corpus.vocab_size != config.vocab_size:
@@ -328,8 +335,14 @@ def train(config: Config, corpus: Corpus, run_dir: str | Path, *, backend: Backe
     summary: dict[str, Any] = {"status": "done", "run_dir": str(run_dir)}
     t_start = time.perf_counter()
     first_step = global_step
+    blas = machine.blas_info() if backend.name == "cpu" else {}
+    note = machine.forced_kernel_note() if backend.name == "cpu" else None
+    if note:
+        print(note, file=out)
     _log_segment(run_dir, {"event": "start", "resume": resume, "epoch": epoch, "step": step,
-                           "global_step": global_step, "params": params_digest(params, backend)})
+                           "global_step": global_step, "params": params_digest(params, backend),
+                           "blas": {k: blas.get(k) for k in ("library", "version", "kernel",
+                                                             "threads")} if blas else None})
     try:
         with _stop_on_signals() as signals:
             while epoch <= config.max_epoch:
@@ -342,7 +355,7 @@ def train(config: Config, corpus: Corpus, run_dir: str | Path, *, backend: Backe
                 for x, y in windows(data, T, start=step):
                     loss, norm, state = train_step(params, backend.asarray(x),
                                                    backend.asarray(y), state, config, lr, rng,
-                                                   backend)
+                                                   step_backend)
                     for what, value in (("loss", loss), ("gradient norm", norm)):
                         if not math.isfinite(value):  # stop before any save: keep the last
                             kept = (f"the last good checkpoint {ckpt} is intact"
