@@ -41,7 +41,13 @@ def num_masks(mode: str, num_layers: int) -> int:
 def _masks(rng: Any, p: float, shape: tuple, dtype: Any, count: int) -> list:
     """``count`` masks m = (u >= p) / (1 - p), u ~ U[0, 1) of ``shape``, in order."""
     scale = 1.0 / (1.0 - p)
-    return [(rng.random(shape, dtype=dtype) >= p).astype(dtype) * scale for _ in range(count)]
+    masks = []
+    for _ in range(count):
+        m = rng.random(shape, dtype=dtype)     # u ~ U[0, 1); m is written in its place
+        m[...] = m >= p                        # 1 where kept, 0 where dropped
+        m *= scale                             # m = (u >= p) / (1 - p)
+        masks.append(m)
+    return masks
 
 
 def draw_masks(rng: Any, p: float, mode: str, num_layers: int, batch: int, steps: int,
