@@ -69,6 +69,10 @@ class Backend:
     sgd_update: Callable[..., None]
     scatter_add: Callable[..., None]           # a[indices] += values, repeats accumulate
     arena: Arena | None = field(default=None, compare=False)  # see with_arena()
+    # by_rows(fn, *arrays): fn over the arrays' rows (first axis), its results joined;
+    # for functions whose rows are independent (the CPU runs blocks on all cores)
+    by_rows: Callable[..., Any] = field(default=lambda fn, *arrays: fn(*arrays),
+                                        compare=False)
 
     def empty(self, shape: tuple, dtype: Any) -> Any:
         """An uninitialised array: from the arena if this backend has one, else fresh."""
@@ -172,6 +176,17 @@ def _split_rows(n, e, sums, targets, scale):
     return [(e[a:b], sums[a:b], targets[a:b], scale) for a, b in _bounds(len(e), n)], e
 
 
+def _by_rows_on_all_cores(fn: Callable[..., Any], *arrays: Any) -> Any:
+    """fn(*arrays) computed as fn over n blocks of rows at once, the results joined."""
+    n, pool = _pool()
+    if not pool or arrays[0].size < SPLIT_MIN:
+        return fn(*arrays)
+    blocks = [[a[lo:hi] for a in arrays] for lo, hi in _bounds(len(arrays[0]), n)]
+    futures = [pool.submit(fn, *block) for block in blocks[1:]]
+    first = fn(*blocks[0])
+    return np.concatenate([first] + [f.result() for f in futures])
+
+
 def _split_first_axis(n, x, mask, out):
     """dropout(x, mask, out) on n blocks of the first axis (any strides)."""
     if len(x) < n or x.shape != mask.shape:       # a broadcast mask: one call
@@ -188,6 +203,7 @@ CPU = Backend(
     softmax_cross_entropy_grad=on_all_cores(kernels.softmax_cross_entropy_grad, _split_rows),
     sgd_update=on_all_cores(kernels.sgd_update, _split_flat),
     scatter_add=scatter_add_rows,
+    by_rows=_by_rows_on_all_cores,
 )
 
 

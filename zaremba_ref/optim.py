@@ -33,15 +33,29 @@ def clip_factor(norm: float, max_norm: float) -> float:
 
 
 def sgd_step(params: dict[str, Any], grads: dict[str, Any], lr: float, max_norm: float,
-             loss_scale: float = 1.0, backend: Backend = CPU) -> float:
+             loss_scale: float = 1.0, backend: Backend = CPU,
+             rows: dict[str, Any] | None = None) -> float:
     """Clip the global norm of ``loss_scale * grads`` to ``max_norm``, then
     p <- p - lr * s * loss_scale * g for every parameter. Returns the norm before
-    clipping (of the scaled gradient, the one the paper clips)."""
+    clipping (of the scaled gradient, the one the paper clips).
+
+    ``rows``: {name: row ids} for gradients that are zero outside those rows (the
+    embedding's, outside the words of the window): the update touches only them. The
+    result is the same to the bit (a zero row leaves its parameters as they are) for a
+    fraction of the memory traffic (V = 10,000 rows, a window has at most B*T words).
+    """
     names = list(params)
     norm = loss_scale * global_norm(grads, names, backend)
     s = clip_factor(norm, max_norm)
+    rows = rows or {}
     for k in names:
-        backend.sgd_update(params[k], grads[k], lr * s * loss_scale)
+        if k in rows:
+            p, r = params[k], rows[k]
+            p_r = p[r]                                   # the used rows, a copy
+            backend.sgd_update(p_r, grads[k][r], lr * s * loss_scale)
+            p[r] = p_r
+        else:
+            backend.sgd_update(params[k], grads[k], lr * s * loss_scale)
     return norm
 
 
