@@ -13,7 +13,9 @@
 #   2. bench.py --device gpu, small        ours vs PyTorch (cuDNN), interleaved in one run
 #   3. bench.py --device gpu, medium
 #   4. bench.py --device gpu, large
-#   5. examples/ptb_small.py --device gpu  the small preset to the end: 13 epochs + test
+#   5. sequential_path.py --device gpu     a training step against its sequential part
+#                                          (small, medium, large; T = 5..280)
+#   6. examples/ptb_small.py --device gpu  the small preset to the end: 13 epochs + test
 #
 # Each part runs under its own time limit (LIMIT_* below; a part that overruns is stopped
 # and the next one starts), everything is logged under --out (default
@@ -33,9 +35,10 @@ set -uo pipefail
 LIMIT_SETUP=20         # seconds: the environment report (imports torch and cupy)
 LIMIT_PYTEST=60        # 9 small tests; NVRTC compiles each kernel once per dtype
 LIMIT_BENCH=45         # per preset: torch + CuPy start-up, warm-up, 5 rounds x 10 steps
-LIMIT_SMALL=295        # 13 epochs of PTB (929,589 words each) + validation + test pass
+LIMIT_SEQ=45           # 21 rows (3 presets x 7 T) x (1 warm-up + 5 rounds) x 2 timings
+LIMIT_SMALL=250        # 13 epochs of PTB (929,589 words each) + validation + test pass
 # In all 510 s (8 min 30 s); a part that ignores `timeout`'s TERM is killed 5 s later,
-# so 540 s (9 min) at the very worst.
+# so 545 s (9 min 5 s) at the very worst.
 
 usage() {
     echo "usage: bash benchmarks/gpu_check.sh --data-dir DIR [--out DIR] [--dry-run]" >&2
@@ -47,7 +50,7 @@ while [ $# -gt 0 ]; do
         --data-dir) [ $# -ge 2 ] || usage; DATA="$2"; shift 2 ;;
         --out) [ $# -ge 2 ] || usage; OUT="$2"; shift 2 ;;
         --dry-run) DRY=1; shift ;;
-        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
         *) echo "gpu_check.sh: unknown argument $1" >&2; usage ;;
     esac
 done
@@ -67,11 +70,13 @@ if [ "$DRY" = 1 ]; then
     LIMIT_SMALL=900    # one epoch of PTB on the CPU even at H = 8: ~4 min on 2 busy cores
     BENCH_SIZE=(--hidden-size 16 --num-steps 5 --batch-size 4 --steps 2 --repeats 1 --warmup 1
                 --threads 1 --settle 0 --no-torch)   # torch on the CPU: tests/test_bench.py
+    SEQ_SIZE=(--quick --repeats 1 --threads 1)
     SMALL_SIZE=(--num-layers 1 --hidden-size 8 --num-steps 10 --batch-size 64 --max-epoch 1
                 --test-batch-size 64 --no-verify-data)
 else
     DEVICE=gpu
     BENCH_SIZE=(--steps 10 --repeats 5 --warmup 3)
+    SEQ_SIZE=(--repeats 5 --settle 0)     # no BLAS threads to let settle on a GPU
     SMALL_SIZE=()
 fi
 echo "gpu_check: device $DEVICE, data $DATA, output $OUT"
@@ -127,6 +132,8 @@ for preset in small medium large; do
     run "2_bench_$preset" "$LIMIT_BENCH" "$PY" benchmarks/bench.py --config "$preset" \
         --device "$DEVICE" "${BENCH_SIZE[@]}"
 done
+run 2_sequential_path "$LIMIT_SEQ" "$PY" benchmarks/sequential_path.py --device "$DEVICE" \
+    --out-json "$OUT/sequential_path.json" --out-png "$OUT/sequential_path.png" "${SEQ_SIZE[@]}"
 run 3_small_run "$LIMIT_SMALL" "$PY" examples/ptb_small.py --device "$DEVICE" \
     --data-dir "$DATA" --out "$OUT/small_run" --save-every 0 "${SMALL_SIZE[@]}"
 
@@ -168,6 +175,14 @@ for line in (out / "parts.tsv").read_text().splitlines():
                       f"{f(r['ratio_vs_floor'], '.2f')}, eval {f(r['eval_words_per_sec'])} w/s")
             if r.get("torch_skipped"):
                 result += f" (torch: {r['torch_skipped']})"
+    elif name.startswith("2_sequential"):
+        path = out / "sequential_path.json"
+        spans = {}                         # config -> its rows, T ascending
+        for r in json.loads(path.read_text())["rows"] if rc == 0 and path.exists() else []:
+            spans.setdefault(r["config"], []).append(r)
+        result = "; ".join(f"{c} s {rs[0]['sequential_fraction']:.2f} (T={rs[0]['num_steps']})"
+                           f" to {rs[-1]['sequential_fraction']:.2f} (T={rs[-1]['num_steps']})"
+                           for c, rs in spans.items())
     elif name.startswith("3_small"):
         metrics = out / "small_run" / "metrics.jsonl"
         recs = [json.loads(l) for l in metrics.read_text().splitlines()] if metrics.exists() else []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -105,7 +106,7 @@ def test_memory_script_reports_params_peak_and_rss_per_step():
 
 GPU_CHECK = SCRIPT.with_name("gpu_check.sh")
 PARTS = ["0_environment", "1_pytest_gpu", "2_bench_small", "2_bench_medium", "2_bench_large",
-         "3_small_run"]
+         "2_sequential_path", "3_small_run"]
 
 
 def gpu_check(*args, timeout=600) -> subprocess.CompletedProcess:
@@ -135,6 +136,9 @@ def test_gpu_check_dry_run_runs_every_part_and_ends_with_the_summary(tmp_path):
     for preset in ("small", "medium", "large"):
         assert re.match(r"ours [\d,]+ w/s, torch - w/s, .*\(torch: --no-torch\)$",
                         rows[f"2_bench_{preset}"][3])
+    assert re.match(r"small s [\d.]+ \(T=3\) to [\d.]+ \(T=6\); medium s .*; large s ",
+                    rows["2_sequential_path"][3])
+    assert (out / "sequential_path.json").exists()
     assert re.match(r"1 epochs, valid [\d.]+, test [\d.]+, ", rows["3_small_run"][3])
     assert (out / "small_run" / "metrics.jsonl").exists()
     assert "## gpu_check summary" in (out / "summary.md").read_text()
@@ -154,3 +158,107 @@ def test_gpu_check_usage_errors_exit_2(tmp_path):
         proc = gpu_check(*args, timeout=60)
         assert proc.returncode == 2 and proc.stdout == "", (args, proc.stdout)
         assert len(proc.stderr.strip().splitlines()) <= 2, proc.stderr
+
+
+# -- benchmarks/sequential_path.py: the sequential part of a training step -----------------
+
+SEQ_SCRIPT = SCRIPT.with_name("sequential_path.py")
+SEQ_KEYS = {"config", "num_steps", "step_ms", "sequential_ms", "sequential_fraction",
+            "amdahl_bound", "words_per_sec", "critical_path_cell_steps", "transformer_layers"}
+
+
+def load_script(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sequential_path_quick(tmp_path):
+    out_json, out_png = tmp_path / "seq.json", tmp_path / "seq.png"
+    proc = subprocess.run([sys.executable, str(SEQ_SCRIPT), "--quick", "--repeats", "2",
+                           "--threads", "1", "--out-json", str(out_json), "--out-png",
+                           str(out_png)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out_json.read_text())
+    rows = result["rows"]
+    assert [(r["config"], r["num_steps"]) for r in rows] == [
+        (c, t) for c in ("small", "medium", "large") for t in (3, 6)]
+    for r in rows:
+        assert SEQ_KEYS <= set(r)
+        assert r["step_ms"] > 0 and r["sequential_ms"] > 0 and r["words_per_sec"] > 0
+        assert r["sequential_fraction"] == pytest.approx(r["sequential_ms"] / r["step_ms"])
+        assert r["amdahl_bound"] == pytest.approx(1 / r["sequential_fraction"])
+        assert r["words_per_sec"] == pytest.approx(4 * r["num_steps"] / r["step_ms"] * 1e3)
+        assert r["critical_path_cell_steps"] == r["num_steps"] + 2 - 1
+        assert r["transformer_layers"] == 2 and r["batch_size"] == 4
+        assert len(r["round_ms"]["step"]) == len(r["round_ms"]["sequential"]) == 2
+    assert {"library", "version", "kernel"} <= set(result["machine"]["blas"])
+    assert result["command"].startswith("python benchmarks/sequential_path.py --quick")
+    assert "| config | T | step ms | sequential ms | s | 1/s |" in proc.stdout
+    assert out_png.exists() == (importlib.util.find_spec("matplotlib") is not None)
+
+
+def test_sequential_path_usage_errors_exit_2(tmp_path):
+    for bad in (["--num-steps", "0"], ["--num-steps", "5,x"], ["--configs", "small,huge"],
+                ["--repeats", "0"]):
+        proc = subprocess.run([sys.executable, str(SEQ_SCRIPT), "--quick", *bad,
+                               "--out-json", str(tmp_path / "x.json")],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and proc.stdout == "", bad
+        assert proc.stderr.startswith("error:") and len(proc.stderr.splitlines()) == 1, bad
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_the_timed_sequential_part_is_the_recurrence_of_lstm_py():
+    """The loops timed as 'sequential' compute what lstm.lstm_forward and lstm_backward
+    compute, bit for bit, given the input projection: the timed code is the real one."""
+    import numpy as np
+
+    from zaremba_ref import CPU
+    from zaremba_ref.lstm import lstm_backward, lstm_forward
+    seq = load_script(SEQ_SCRIPT)
+    rng = np.random.default_rng(0)
+    T, B, H = 5, 3, 4
+    W_x, W_h = rng.uniform(-0.5, 0.5, (4 * H, H)), rng.uniform(-0.5, 0.5, (4 * H, H))
+    b_x, b_h = rng.uniform(-0.5, 0.5, 4 * H), rng.uniform(-0.5, 0.5, 4 * H)
+    x, h0, c0 = rng.normal(size=(T, B, H)), rng.normal(size=(B, H)), rng.normal(size=(B, H))
+    cache = lstm_forward(W_x, W_h, b_x, b_h, x, h0, c0, CPU)
+    z = np.matmul(x.reshape(T * B, H), W_x.T).reshape(T, B, 4 * H)   # the parallel part
+    z += b_x + b_h
+    h, c = np.empty((T + 1, B, H)), np.empty((T + 1, B, H))
+    h[0], c[0] = h0, c0
+    seq.sequential_forward(z, h, c, W_h, CPU)
+    for ours, theirs in ((z, cache.gates), (h, cache.h), (c, cache.c)):
+        np.testing.assert_array_equal(ours, theirs)
+    dh_out = rng.normal(size=(T, B, H))
+    dh_T, dc_T = rng.normal(size=(B, H)), rng.normal(size=(B, H))
+    dx, _, _, _, dh0, dc0 = lstm_backward(cache, W_x, W_h, dh_out, dh_T, dc_T, CPU)
+    dz = np.empty((T, B, 4 * H))
+    got_h, got_c = seq.sequential_backward(z, c, dh_out, W_h, dh_T, dc_T, dz, CPU)
+    np.testing.assert_array_equal(got_h, dh0)
+    np.testing.assert_array_equal(got_c, dc0)
+    np.testing.assert_array_equal(np.matmul(dz.reshape(T * B, 4 * H), W_x).reshape(T, B, H), dx)
+
+
+def test_the_sequential_path_gpu_path_keeps_the_boundary(builder, monkeypatch):
+    """--device gpu under the cupy test double (tests/fake_cupy.py): the step, the
+    sequential loops and the synchronisation run on device arrays only."""
+    import numpy as np
+
+    from fake_cupy import make_fake_cupy
+    from zaremba_ref.config import PRESETS
+    from zaremba_ref.cuda_backend import make_gpu_backend
+    from zaremba_ref.model import init_params
+    cupy, cupyx = make_fake_cupy(builder)
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setitem(sys.modules, "cupyx", cupyx)
+    seq = load_script(SEQ_SCRIPT)
+    args = seq.parse_args(["--quick", "--device", "gpu", "--repeats", "1", "--settle", "0"])
+    gpu = make_gpu_backend()
+    cfg = PRESETS["medium"].replace(hidden_size=8, num_steps=3, batch_size=2, vocab_size=30)
+    params = init_params(30, 8, 2, 0.05, dtype="float32", backend=gpu)
+    row = seq.time_row("medium", cfg, params, args, gpu, np.dtype("float32"))
+    assert row["step_ms"] > 0 and row["sequential_ms"] > 0
+    assert {"lstm_cell_forward", "lstm_cell_backward"} <= {k.name for k in cupy.kernels}
+    assert cupy.host_to_device == []

@@ -118,3 +118,83 @@ def test_check_against_torch_agrees():
     example = load_example("check_against_torch")
     assert example.main(["--layers", "3", "--steps", "4"]) == 0
     assert example.main(["--dropout", "0", "--steps", "1", "--layers", "1"]) == 0
+
+
+# -- examples/gradient_path.py: how far back the last word's loss reaches -----------------
+
+GP_TINY = ["--hidden-size", "8", "--num-steps", "30", "--batch-size", "4", "--windows", "3"]
+
+
+def test_gradient_path_study_on_a_toy_corpus(toy_data, tmp_path, capsys):
+    """An untrained model and a checkpoint: the curves are the mean of gradient_path over
+    the first windows with the state carried (as in evaluation), by distance k, and
+    falls_to is the first k at each ratio."""
+    import numpy as np
+
+    import zaremba_ref as z
+    from zaremba_ref.checkpoint import save_checkpoint
+    from zaremba_ref.config import Config
+    from zaremba_ref.data import batchify, load_ptb, windows
+    from zaremba_ref.model import forward
+    corpus = load_ptb(toy_data, verify=False)
+    V = corpus.vocab_size
+    trained = z.init_params(V, 6, 1, 0.3, seed=5)                  # float32, like a run's
+    config = Config(hidden_size=6, num_layers=1, vocab_size=V, num_steps=5, batch_size=4)
+    (tmp_path / "toyrun").mkdir()                                  # a run directory
+    save_checkpoint(tmp_path / "toyrun", trained, z.zero_state(trained, 4),
+                    {"config": config.to_dict()}, corpus.vocab)
+    study = load_example("gradient_path")
+    out_json, out_png = tmp_path / "gp" / "gp.json", tmp_path / "gp" / "gp.png"
+    argv = ["--data-dir", str(toy_data), "--no-verify-data", "--checkpoint",
+            str(tmp_path / "toyrun"), *GP_TINY, "--out-json", str(out_json),
+            "--out-png", str(out_png)]
+    assert study.main(argv) == 0
+    stdout = capsys.readouterr().out
+    result = json.loads(out_json.read_text())
+    assert result["command"].startswith("python examples/gradient_path.py --data-dir ")
+    assert (result["windows"], result["num_steps"], result["batch_size"]) == (3, 30, 4)
+    untrained, run = result["models"]
+    assert untrained["name"] == "untrained (small init)" and run["name"] == "toyrun"
+    assert untrained["config"]["hidden_size"] == 8 and untrained["config"]["init_scale"] == 0.1
+    assert run["config"] == config.to_dict()
+    small = z.init_params(V, 8, 2, 0.1, seed=0, dtype=np.float64)  # the small preset's init
+    data = batchify(corpus.valid, 4)
+    for record, params in ((untrained, small), (run, trained)):
+        params = {k: v.astype(np.float64) for k, v in params.items()}
+        want, state = {"h": 0, "c": 0}, None
+        for _, (x, y) in zip(range(3), windows(data, 30)):
+            g = z.gradient_path(params, x, y, state)
+            want = {w: want[w] + g[w] / 3 for w in "hc"}
+            _, state = forward(params, x, state)
+        for w in "hc":
+            curves = np.array(record[w])
+            assert curves.shape == want[w].shape
+            np.testing.assert_allclose(curves, want[w][:, ::-1], rtol=1e-12)  # by k = T - t
+            for curve, fall in zip(curves, record["falls_to"][w]):
+                assert set(fall) == {"0.01", "0.001"}
+                for key, ratio in (("0.01", 1e-2), ("0.001", 1e-3)):
+                    k = fall[key]
+                    above = curve[:k if k is not None else None] > ratio * curve[0]
+                    assert above.all() and (k is None or curve[k] <= ratio * curve[0])
+    assert "k @ 1e-2" in stdout and "toyrun" in stdout and "h^2" in stdout
+    assert out_png.exists() == (importlib.util.find_spec("matplotlib") is not None)
+
+
+def test_gradient_path_study_errors_are_one_line(toy_data, tmp_path, capsys):
+    from zaremba_ref.cli import run_cli
+    study = load_example("gradient_path")
+    base = ["--data-dir", str(toy_data), "--no-verify-data", *GP_TINY, "--out-json",
+            str(tmp_path / "x.json"), "--out-png", str(tmp_path / "x.png")]
+    for bad, says in ((["--windows", "999"], "holds 13 full windows"),
+                      (["--num-steps", "1000", "--windows", "1"], "holds 0 full windows"),
+                      (["--untrained", "none"], "nothing to study"),
+                      (["--checkpoint", str(tmp_path / "nowhere")], "no checkpoint there"),
+                      (["--num-steps", "0"], "--num-steps must be")):
+        try:
+            code = run_cli(lambda: study.main([*base, *bad]))
+        except SystemExit as e:                                    # argparse: a bad value
+            code = e.code
+        assert code == 2, bad
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and says in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "x.json").exists()
