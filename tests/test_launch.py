@@ -345,3 +345,35 @@ def test_the_exit_code_says_whether_running_again_can_finish(states, code, capsy
     assert err.count("\n") == (code != 0)
     if code:
         assert ("fix the cause" in err) == ("failed" in states.values())
+
+
+def test_ensemble_evaluate_takes_the_first_members_of_a_folder(toy_data, tmp_path, capsys):
+    """``ensemble evaluate DIR --members N``: the first N finished members and their
+    average, the JSON ``ensemble train --members N`` writes, from a folder of more; a
+    member not finished is named, nothing is trained."""
+    out = tmp_path / "ens"
+    assert main(ensemble_args(toy_data, out, "--members", 3)) == 0
+    first2 = tmp_path / "first2"
+    assert main(ensemble_args(toy_data, first2, "--members", 2)) == 0   # the same 2 runs
+    capsys.readouterr()
+    assert main(["ensemble", "evaluate", str(out), "--members", "2", "--data-dir",
+                 str(toy_data), "--no-verify-data"]) == 0
+    assert "average of 2" in capsys.readouterr().out
+    got = json.loads((out / "ensemble-2.json").read_text())
+    want = json.loads((first2 / "ensemble.json").read_text())
+    assert got["ensemble"] == want["ensemble"] and got["config"] == want["config"]
+    assert [(m["seed"], m["valid_ppl"], m["test_ppl"]) for m in got["members"]] == \
+        [(m["seed"], m["valid_ppl"], m["test_ppl"]) for m in want["members"]]
+    write = tmp_path / "two.json"
+    assert main(["ensemble", "evaluate", str(out), "--seeds", "2", "0", "--write", str(write),
+                 "--data-dir", str(toy_data), "--no-verify-data"]) == 0
+    assert [m["seed"] for m in json.loads(write.read_text())["members"]] == [2, 0]
+    (out / "member-1" / "done.json").unlink()                 # as if still training
+    capsys.readouterr()
+    assert main(["ensemble", "evaluate", str(out), "--members", "3", "--data-dir",
+                 str(toy_data), "--no-verify-data"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "2 finished member(s) (seeds [0, 2]), 3 wanted" in err[0]
+    assert main(["ensemble", "evaluate", str(out), "--seeds", "1", "--data-dir",
+                 str(toy_data), "--no-verify-data"]) == 2
+    assert "member(s) [1] not finished" in capsys.readouterr().err

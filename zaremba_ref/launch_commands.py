@@ -237,6 +237,21 @@ def add_launch_parsers(sub: Any, add_data_args: Callable) -> None:
     add_option(t, "--members", count(1), metavar="N",
                help="how many members (default: as many as --seeds)")
     _add_common(t, add_data_args)
+    v = esub.add_parser(
+        "evaluate", help="evaluate finished members of DIR and their average (a subset: "
+                         "--members N)",
+        description="Evaluate the finished members DIR/member-SEED that ensemble train "
+                    "made (the first N by seed with --members N, or --seeds S ...), each "
+                    "alone and the average of their probabilities, on valid and test: the "
+                    "same JSON as ensemble train's DIR/ensemble.json, written to --write "
+                    "(default DIR/ensemble-N.json), and the table. Trains nothing.")
+    add_option(v, "dir", TEXT, metavar="DIR", help="the --out of ensemble train")
+    add_option(v, "--members", count(1), metavar="N",
+               help="the first N members by seed (default: every finished member)")
+    add_option(v, "--seeds", SEED, nargs="+", metavar="S", help="these members instead")
+    add_option(v, "--write", TEXT, metavar="FILE.json",
+               help="where to write the JSON (default: DIR/ensemble-N.json)")
+    add_data_args(v)
 
     s = sub.add_parser(
         "sweep", help="train a grid of settings (x seeds) and tabulate validation perplexity",
@@ -297,8 +312,43 @@ def _engine_options(args: argparse.Namespace) -> dict:
             "max_retries": args.max_retries}
 
 
+def finished_members(out: Path, seeds: Sequence[int] | None, n: int | None,
+                     data_dir: str | None, verify_data: bool) -> list[Member]:
+    """The members of ``out`` to evaluate: ``seeds``, or the first ``n`` finished ones by
+    seed (all if None); finished = a done.json. Raises LaunchError if one is missing."""
+    from .checkpoint import load_checkpoint
+    runs = {int(d.name.split("-", 1)[1]): d for d in out.glob("member-*")
+            if d.name.split("-", 1)[1].isdigit()}
+    done = sorted(s for s, d in runs.items() if (d / "done.json").exists())
+    wanted = list(seeds) if seeds is not None else done[:n]
+    lacking = [s for s in wanted if s not in done]
+    if lacking or not wanted or (n is not None and len(wanted) < n):
+        what = f"member(s) {lacking} not finished" if lacking else f"{n or 1} wanted"
+        raise LaunchError(f"{out}: {len(done)} finished member(s) (seeds {done}), {what}; "
+                          "run ensemble train with this --out to train them")
+    return [Member(name=f"member-{s}", run_dir=str(runs[s]), seed=s, setting={},
+                   config=load_checkpoint(runs[s])[2]["config"], data_dir=data_dir,
+                   verify_data=verify_data) for s in wanted]
+
+
+def cmd_ensemble_evaluate(args: argparse.Namespace) -> int:
+    """``ensemble evaluate``: a subset of finished members and their average."""
+    out = Path(args.dir).resolve()
+    members = finished_members(out, args.seeds, args.members,
+                               str(Path(args.data_dir).resolve()) if args.data_dir else None,
+                               not args.no_verify_data)
+    result = evaluate_members(members, args.device)
+    path = Path(args.write) if args.write else out / f"ensemble-{len(members)}.json"
+    write_json(path, result)
+    print(ensemble_table(result))
+    print(f"written: {path}", flush=True)
+    return 0
+
+
 def cmd_ensemble(args: argparse.Namespace) -> int:
     """``ensemble train``: train the members, then DIR/ensemble.json and the table."""
+    if args.ensemble_command == "evaluate":
+        return cmd_ensemble_evaluate(args)
     config, shared = _base(args)
     if args.members is None and args.seeds is None:
         raise LaunchError("say how many members: --members N (seeds 0..N-1) or --seeds S ...")
