@@ -311,33 +311,6 @@ def test_sgd_step_on_the_used_rows_is_the_dense_step_to_the_bit(dtype):
     assert (params["embedding"][used] != before[used]).all()     # the used rows moved
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_the_cpu_backend_splits_its_passes_across_cores_to_the_bit(dtype, monkeypatch):
-    """The SGD update, dropout, the softmax gradient and by_rows run on several threads
-    for large arrays (backend.on_all_cores): bit for bit the one-call kernels."""
-    import zaremba_ref.backend as b
-    from concurrent.futures import ThreadPoolExecutor
-    monkeypatch.setattr(b, "_pool", lambda: (3, ThreadPoolExecutor(2)))   # 3 parts
-    monkeypatch.setattr(b, "SPLIT_MIN", 10)
-    rng = np.random.default_rng(1)
-    p, g = rng.normal(size=(7, 5)).astype(dtype), rng.normal(size=(7, 5)).astype(dtype)
-    want = p.copy()
-    z.kernels.sgd_update(want, g, 0.3)
-    assert b.CPU.sgd_update(p, g, 0.3) is None
-    np.testing.assert_array_equal(p, want)
-    x = rng.normal(size=(8, 4, 5)).astype(dtype).transpose(1, 0, 2)      # a strided view
-    m = rng.normal(size=(4, 8, 5)).astype(dtype)
-    out = np.empty_like(m)
-    assert b.CPU.dropout(x, m, out=out) is out
-    np.testing.assert_array_equal(out, x * m)
-    e = rng.random((9, 6)).astype(dtype)
-    sums, w = e.sum(axis=1, keepdims=True), rng.integers(0, 6, 9)
-    want = z.kernels.softmax_cross_entropy_grad(e.copy(), sums, w, 0.25)
-    np.testing.assert_array_equal(b.CPU.softmax_cross_entropy_grad(e, sums, w, 0.25), want)
-    rows = b.CPU.by_rows(lambda a, v: a[np.arange(len(a)), v] * 2, e, w)
-    np.testing.assert_array_equal(rows, e[np.arange(9), w] * 2)
-
-
 def test_an_arena_hands_out_the_same_arrays_after_each_reset():
     """with_arena(): the k-th request after a reset gets the k-th array of the last
     round if its shape and dtype match; the plain backend always gives fresh ones."""

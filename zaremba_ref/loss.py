@@ -38,14 +38,10 @@ def target_log_probs(y: Array, w: Array, backend: Backend) -> tuple[Array, Array
     ``y / sums`` is the softmax without another exponential.
     """
     xp = backend.xp
-
-    def shift_exp(y, w):                           # a block of rows, in place
-        y -= y.max(axis=1, keepdims=True)          # shift for stability    (n, V)
-        y_w = y[xp.arange(len(y)), w]              # shifted target logits  (n,)
-        xp.exp(y, out=y)
-        return y_w
-
-    y_w = backend.by_rows(shift_exp, y, w)         # rows are independent   (N,)
+    N = y.shape[0]
+    y -= y.max(axis=1, keepdims=True)              # shift for stability    (N, V)
+    y_w = y[xp.arange(N), w]                       # shifted target logits  (N,)
+    xp.exp(y, out=y)
     # Row sums Z_n e^{-max}, as a matrix-vector product: BLAS sums rows ~5x faster
     # than y.sum(axis=1)
     sums = (y @ xp.ones(y.shape[1], y.dtype))[:, None]                     # (N, 1)
