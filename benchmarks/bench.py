@@ -9,6 +9,7 @@ every round, so that machine drift hits every contender alike), it times:
   ours eval   zaremba_ref.model.loss_only: the forward pass only, no dropout, state carried
   GEMM floor  only the matrix products one training step must do, with the backend's xp,
               preallocated outputs (out=) and contiguous operands
+  eval floor  the same for an evaluation step: the forward products only
   torch       the same model in PyTorch: nn.Embedding, nn.LSTM, nn.Dropout, nn.Linear, the
               paper's objective, clip_grad_norm_, SGD (cuDNN with --device gpu)
 
@@ -32,8 +33,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working tree's package
-NAMES = ("train", "eval", "floor", "torch")
-LABELS = {"train": "ours train", "eval": "ours eval", "floor": "GEMM floor", "torch": "torch"}
+NAMES = ("train", "eval", "floor", "eval_floor", "torch")
+LABELS = {"train": "ours train", "eval": "ours eval", "floor": "GEMM floor",
+          "eval_floor": "eval floor", "torch": "torch"}
 
 
 def _rules_module():
@@ -179,8 +181,9 @@ def ours(cfg, backend, dtype):
     return train, evaluate
 
 
-def gemm_floor(cfg, xp, dtype):
-    """One call = every matrix product of one training step, nothing else."""
+def gemm_floor(cfg, xp, dtype, forward_only=False):
+    """One call = every matrix product of one training step (``forward_only``: of one
+    evaluation step), nothing else."""
     import numpy as np
     L, H, T, B, V = cfg.num_layers, cfg.hidden_size, cfg.num_steps, cfg.batch_size, cfg.vocab_size
     N, r = T * B, np.random.default_rng(1)
@@ -199,6 +202,8 @@ def gemm_floor(cfg, xp, dtype):
             for t in range(T):
                 mm(m["Hr"][t], m["WhT"], out=m["Zr"][t])  # recurrent, step by step
         mm(Hs, WsT, out=Y)                                # softmax layer
+        if forward_only:
+            return
         mm(dYT, Hs, out=dWs)                              # its dW and dh
         mm(dY, Ws, out=dHs)
         for m in reversed(layers):                        # backward through time
@@ -259,7 +264,8 @@ def bench(cfg, args, backend, threads) -> dict:
             else (lambda: None))
     train, evaluate = ours(cfg, backend, dtype)
     steps = {"train": (train, sync), "eval": (evaluate, sync),
-             "floor": (gemm_floor(cfg, xp, dtype), sync)}
+             "floor": (gemm_floor(cfg, xp, dtype), sync),
+             "eval_floor": (gemm_floor(cfg, xp, dtype, forward_only=True), sync)}
     torch_reason = "--no-torch"
     if not args.no_torch:
         t, torch_reason = torch_step(cfg, args.device, args.dtype, threads)
@@ -291,6 +297,8 @@ def bench(cfg, args, backend, threads) -> dict:
             "ratio_vs_torch": ratio(med["train"], med["torch"]),
             "ratio_vs_floor": ratio(med["train"], med["floor"]),
             "eval_ratio": ratio(med["eval"], med["train"]),
+            "eval_floor_words_per_sec": med["eval_floor"],
+            "eval_ratio_vs_floor": ratio(med["eval"], med["eval_floor"]),
             "best_words_per_sec": best,
             "round_seconds": {k: [round(t, 6) for t in v] for k, v in times.items()},
             "torch_skipped": None if "torch" in steps else torch_reason,
@@ -314,7 +322,8 @@ def table(res, cfg, args) -> str:
     ms = lambda w: 1e3 * cfg.batch_size * cfg.num_steps / w if w else None  # noqa: E731
     f = lambda v, spec: format(v, spec) if v else "-"                       # noqa: E731
     keys = dict(train="words_per_sec", eval="eval_words_per_sec",
-                floor="gemm_floor_words_per_sec", torch="torch_words_per_sec")
+                floor="gemm_floor_words_per_sec", eval_floor="eval_floor_words_per_sec",
+                torch="torch_words_per_sec")
     floor, tw = res["gemm_floor_words_per_sec"], res["torch_words_per_sec"]
     lines = [f"zaremba_ref bench: {args.config} L={cfg.num_layers} H={cfg.hidden_size} "
              f"T={cfg.num_steps} B={cfg.batch_size} V={cfg.vocab_size} dropout={cfg.dropout} "
@@ -325,9 +334,11 @@ def table(res, cfg, args) -> str:
              f"{'':12}{'words/s':>12}{'ms/step':>10}{'vs floor':>10}{'vs torch':>10}"]
     for k in NAMES:
         w = res[keys[k]]
+        base = res["eval_floor_words_per_sec"] if k.startswith("eval") else floor
         lines.append(f"{LABELS[k]:12}{f(w, ',.0f'):>12}{f(ms(w), '.2f'):>10}"
-                     f"{f(w and floor and w / floor, '.3f'):>10}"
+                     f"{f(w and base and w / base, '.3f'):>10}"
                      f"{f(w and tw and w / tw, '.3f'):>10}")
+    lines.append("vs floor: training against the GEMM floor, evaluation against the eval floor")
     if res["torch_skipped"]:
         lines.append(f"torch: skipped ({res['torch_skipped']})")
     lines.append(f"peak RSS {res['peak_rss_mib']} MiB; RSS after each round (MiB): "

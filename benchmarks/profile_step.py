@@ -6,7 +6,8 @@ cut into its sections and timed one by one (ms per step, mean over N steps).
 
 The sections call the same functions as the model (``lstm_forward``, the softmax
 products, ``softmax_nll_and_grad``, ``lstm_backward``, the embedding gradient,
-``sgd_step``), without dropout, so that their sum is one training step.
+``sgd_step`` on the used rows), on an arena backend as the trainer's, without dropout,
+so that their sum is one training step.
 """
 
 from __future__ import annotations
@@ -46,39 +47,44 @@ def main() -> None:
         spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
         return result
 
+    be = CPU.with_arena()                                  # as the trainer's steps
     for step in range(args.steps + 3):
         if step == 3:
             spent.clear()                                  # 3 warm-up steps
+        be.arena.reset()
         h, caches = p["embedding"][x.T], []
         for l in range(1, L + 1):
             args_l = (p[f"l{l}.W_x"], p[f"l{l}.W_h"], p[f"l{l}.b_x"], p[f"l{l}.b_h"])
             cache = timed("LSTM forward (products + cells)",
-                          lambda: lstm_forward(*args_l, h, *state[l - 1], CPU))
+                          lambda: lstm_forward(*args_l, h, *state[l - 1], be))
             caches.append(cache)
             h = cache.h[1:]
         hD = h.reshape(T * B, H)
-        logits = timed("softmax product y = h W_s^T", lambda: hD @ p["softmax.W"].T)
+        logits = timed("softmax product y = h W_s^T", lambda: np.matmul(
+            hD, p["softmax.W"].T, out=be.empty((T * B, V), hD.dtype)))
         timed("softmax bias add", lambda: np.add(logits, p["softmax.b"], out=logits))
         _, dy = timed("log-softmax, NLL and dL/dy (elementwise)",
-                      lambda: softmax_nll_and_grad(logits, y.T.reshape(-1), CPU))
-        grads = {"softmax.W": timed("softmax product dW_s", lambda: dy.T @ hD),
+                      lambda: softmax_nll_and_grad(logits, y.T.reshape(-1), be))
+        grads = {"softmax.W": timed("softmax product dW_s", lambda: np.matmul(
+                     dy.T, hD, out=be.empty((V, H), hD.dtype))),
                  "softmax.b": timed("softmax bias gradient", lambda: np.ones(len(dy), dy.dtype) @ dy)}
-        dx = timed("softmax product dh", lambda: (dy @ p["softmax.W"]).reshape(T, B, H))
+        dx = timed("softmax product dh", lambda: np.matmul(
+            dy, p["softmax.W"], out=be.empty((T * B, H), dy.dtype)).reshape(T, B, H))
         zeros = np.zeros((B, H), np.float32)
         for l in range(L, 0, -1):
             dx, dW_x, dW_h, db, _, _ = timed(
                 "LSTM backward through time (products + cells)",
                 lambda: lstm_backward(caches[l - 1], p[f"l{l}.W_x"], p[f"l{l}.W_h"], dx, zeros,
-                                      zeros, CPU))
+                                      zeros, be))
             grads.update({f"l{l}.W_x": dW_x, f"l{l}.W_h": dW_h, f"l{l}.b_x": db, f"l{l}.b_h": db})
 
         def embedding_grad():
-            dE = np.zeros_like(p["embedding"])
+            dE = be.zeros(p["embedding"].shape, p["embedding"].dtype)
             CPU.scatter_add(dE, x.T.reshape(-1), dx.reshape(-1, H))
             return dE
-        grads["embedding"] = timed("embedding gradient (dense)", embedding_grad)
-        timed("global norm + SGD update", lambda: sgd_step(p, grads, 0.0, cfg.max_grad_norm,
-                                                           cfg.loss_scale))
+        grads["embedding"] = timed("embedding gradient (zeros + the used rows)", embedding_grad)
+        timed("global norm + SGD update", lambda: sgd_step(
+            p, grads, 0.0, cfg.max_grad_norm, cfg.loss_scale, rows={"embedding": np.unique(x)}))
     total = sum(spent.values())
     blas = blas_info()
     print(f"{args.config}: ms per training step, mean of {args.steps}; BLAS {blas['library']} "

@@ -20,7 +20,7 @@ TINY = ["--config", "small", "--hidden-size", "16", "--num-steps", "5", "--batch
 KEYS = {"config", "device", "dtype", "num_steps", "hidden_size", "batch_size",
         "words_per_sec", "eval_words_per_sec", "gemm_floor_words_per_sec",
         "torch_words_per_sec", "ratio_vs_torch", "ratio_vs_floor", "eval_ratio",
-        "platform", "cpu_count", "numpy_version", "torch_version", "peak_rss_mib",
+        "eval_floor_words_per_sec", "eval_ratio_vs_floor", "blas", "platform", "cpu_count", "numpy_version", "torch_version", "peak_rss_mib",
         "rss_after_round_mib"}
 
 
@@ -34,7 +34,8 @@ def run(*args: str) -> tuple[subprocess.CompletedProcess, dict]:
 def check_row(row: dict, torch: bool) -> None:
     assert KEYS <= set(row)
     for k in ("words_per_sec", "eval_words_per_sec", "gemm_floor_words_per_sec",
-              "ratio_vs_floor", "eval_ratio", "peak_rss_mib"):
+              "ratio_vs_floor", "eval_ratio", "eval_floor_words_per_sec",
+              "eval_ratio_vs_floor", "peak_rss_mib"):
         assert row[k] > 0, k
     assert (row["hidden_size"], row["batch_size"], row["device"]) == (16, 4, "cpu")
     assert len(row["rss_after_round_mib"]) == row["repeats"]
@@ -48,7 +49,7 @@ def test_bench_without_torch():
     proc, row = run(*TINY, "--no-torch", "--repeats", "2")
     check_row(row, torch=False)
     assert row["num_steps"] == 5 and row["dtype"] == "float32"
-    for label in ("ours train", "ours eval", "GEMM floor", "words/s", "ms/step"):
+    for label in ("ours train", "ours eval", "GEMM floor", "eval floor", "words/s", "ms/step"):
         assert label in proc.stdout
 
 

@@ -146,10 +146,11 @@ def _own_kernel(path: str) -> str | None:
     return out.stdout.strip() or None
 
 
-def forced_kernel_note() -> str | None:
-    """One line when OPENBLAS_CORETYPE forces OpenBLAS onto a narrower kernel than the one
-    it picks for this CPU by itself (what it costs, and the fix); else None."""
-    forced = os.environ.get("OPENBLAS_CORETYPE")
+def forced_kernel_note(environ: Any = None) -> str | None:
+    """One line when OPENBLAS_CORETYPE (in ``environ``, default this process's) forces
+    OpenBLAS onto a narrower kernel than the one it picks for this CPU by itself (what it
+    costs, and the fix); else None."""
+    forced = (os.environ if environ is None else environ).get("OPENBLAS_CORETYPE")
     if not forced:
         return None
     blas = blas_info()
