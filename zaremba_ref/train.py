@@ -103,7 +103,7 @@ def train_step(params: dict, inputs: Any, targets: Any, state: list, config: Con
     loss, grads, state = loss_and_grads(params, inputs, targets, state,
                                         dropout=config.dropout, mode=config.mode, rng=rng,
                                         weight_drop=config.weight_drop, backend=backend)
-    # dL/dE is zero outside the rows of the window's words (tied: the softmax's W_s too)
+    # dL/dE is zero outside the rows of the window's words (tied: E is W_s too, dense)
     rows = None if config.tie_weights else {"embedding": backend.xp.unique(inputs)}
     norm = sgd_step(params, grads, lr, config.max_grad_norm, config.loss_scale, backend, rows)
     return loss, norm, state
