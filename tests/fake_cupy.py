@@ -662,14 +662,6 @@ def broadcast_to(array, shape):
     return ndarray._wrap(np.broadcast_to(array._a, shape))
 
 
-def unique(ar):
-    """cupy.unique: the sorted distinct values of a device array, flattened (the
-    trainer's rows of the embedding's update); a host array is refused."""
-    if not isinstance(ar, ndarray):
-        raise TypeError(f"Unsupported type {type(ar)}")
-    return ndarray._wrap(np.unique(ar._a))
-
-
 def matmul(x1, x2, /, out=None):
     """cupy.matmul (benchmarks/bench.py's GEMM floor writes into ``out``)."""
     return _apply(np.matmul, "matmul", (x1, x2), out)
@@ -694,7 +686,7 @@ def scatter_add(a, slices, value):
 
 MODULE_FUNCTIONS = {f.__name__: f for f in (asarray, array, empty, empty_like, zeros,
                                             zeros_like, ones, arange, vdot, matmul,
-                                            broadcast_to, unique)}
+                                            broadcast_to)}
 CUDA_FUNCTIONS = {"get_current_stream": get_current_stream}   # cupy.cuda.<name>
 STREAM_METHODS = ("synchronize",)
 UFUNCS = {name: _ufunc(getattr(np, name)) for name in ("exp", "log", "isfinite", "tanh")}
