@@ -265,35 +265,34 @@ def test_the_sequential_path_gpu_path_keeps_the_boundary(builder, monkeypatch):
     assert cupy.host_to_device == []
 
 
-# -- benchmarks/nongemm_floor.py: the least a NumPy step spends beside its products ---------
+# -- benchmarks/lean_step.py: the leanest NumPy step, against the floor and ours --------------
 
-FLOOR_SCRIPT = SCRIPT.with_name("nongemm_floor.py")
+LEAN_SCRIPT = SCRIPT.with_name("lean_step.py")
 
 
-def _nongemm_floor():
+def _lean_step():
     sys.path.insert(0, str(SCRIPT.parent))
     try:
-        import nongemm_floor
+        import lean_step
     finally:
         sys.path.remove(str(SCRIPT.parent))
-    return nongemm_floor
+    return lean_step
 
 
-def test_nongemm_floor_counts_every_dense_parameter():
+def test_the_lean_step_counts_every_dense_parameter():
     """Its norm and update cover the model's parameters, the embedding's used rows aside:
-    a parameter added to the model and not here would make the bound too low."""
-    nongemm_floor = _nongemm_floor()
+    a parameter added to the model and not here would make the lean step too lean."""
     from zaremba_ref import init_params
     from zaremba_ref.config import PRESETS
     cfg = PRESETS["small"].replace(hidden_size=8, vocab_size=50, num_layers=3)
     p = init_params(cfg.vocab_size, cfg.hidden_size, cfg.num_layers, cfg.init_scale, seed=0)
     want = sorted(v.shape for k, v in p.items() if k != "embedding")
-    assert sorted(nongemm_floor.dense_shapes(cfg)) == want
+    assert sorted(_lean_step().dense_shapes(cfg)) == want
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_nongemm_floor_times_the_backward_cell_of_the_model(dtype):
-    """The least backward cell it times computes kernels.lstm_cell_backward, to the bit."""
+def test_the_lean_step_times_the_backward_cell_of_the_model(dtype):
+    """Its backward cell computes kernels.lstm_cell_backward, to the bit."""
     import numpy as np
     from zaremba_ref import kernels
     B, H = 3, 5
@@ -303,17 +302,32 @@ def test_nongemm_floor_times_the_backward_cell_of_the_model(dtype):
     dz, dc_prev, dz2, dc_prev2 = a(B, 4 * H), a(B, H), a(B, 4 * H), a(B, H)
     kernels.lstm_cell_backward(gates, c_prev, c, dh, dc_next, dz, dc_prev)
     scratch = (a(B, H), a(B, H), a(B, H), a(B, 4 * H))
-    _nongemm_floor().cell_backward_least(gates, c_prev, c, dh, dc_next, dz2, dc_prev2, scratch)
+    _lean_step().cell_backward_least(gates, c_prev, c, dh, dc_next, dz2, dc_prev2, scratch)
     assert np.array_equal(dz, dz2) and np.array_equal(dc_prev, dc_prev2)
 
 
-def test_nongemm_floor_smoke():
-    proc = subprocess.run([sys.executable, str(FLOOR_SCRIPT), "--config", "small",
-                           "--repeats", "1"], capture_output=True, text=True, timeout=120)
+def test_the_lean_step_does_the_steps_elementwise_work():
+    """One lean step with dropout moves the parameters and fills every gradient, the
+    masks' zeros included: a section dropped from it would leave its gradient as it was."""
+    import numpy as np
+    from zaremba_ref.config import PRESETS
+    cfg = PRESETS["medium"].replace(hidden_size=8, vocab_size=30, num_steps=4, batch_size=3)
+    step = _lean_step().lean_step(cfg, np.float64)
+    grads, params = [g.copy() for g in step.grads], [p.copy() for p in step.params]
+    step()
+    assert len(step.grads) == 2 + 4 * cfg.num_layers + 1
+    assert all(not np.array_equal(a, b) for a, b in zip(grads, step.grads))
+    assert all(not np.array_equal(a, b) for a, b in zip(params, step.params))
+
+
+def test_lean_step_smoke():
+    proc = subprocess.run([sys.executable, str(LEAN_SCRIPT), "--config", "small",
+                           "--repeats", "1", "--steps", "1"],
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(r["least_ms"]) == {"logits", "norm+sgd", "cells", "embedding"}  # small: p = 0
-    assert r["least_sum_ms"] == pytest.approx(sum(r["least_ms"].values()))
-    assert r["budget_ms"] == pytest.approx(r["floor_ms"] * (1 / 0.75 - 1))
-    assert r["best_ratio"] == pytest.approx(r["floor_ms"] / (r["floor_ms"] + r["least_sum_ms"]))
-    assert "best ratio a NumPy step can reach" in proc.stdout
+    ms = r["step_ms"]
+    assert set(ms) == {"floor", "lean", "ours"} and min(ms.values()) > 0
+    assert r["lean_vs_floor"] == pytest.approx(ms["floor"] / ms["lean"])
+    assert r["ours_vs_lean"] == pytest.approx(ms["lean"] / ms["ours"])
+    assert "what a NumPy step can reach here" in proc.stdout
