@@ -256,6 +256,32 @@ def torch_step(cfg, device, dtype_name, threads):
     return (step, torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)), None
 
 
+def interleaved(contenders: dict, repeats: int, steps: int, settle: float, warmup: int = 0,
+                after_round=None) -> dict[str, list[float]]:
+    """Seconds of each round of each contender ({name: (step, sync)}): ``warmup`` steps
+    each first, then ``repeats`` rounds of ``steps`` steps each, the order rotated every
+    round (so that machine drift hits every contender alike), an untimed ``settle``
+    pause before each contender; ``after_round()`` after each round."""
+    for fn, sync in contenders.values():
+        for _ in range(warmup):
+            fn()
+        sync()
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    order = list(contenders)
+    for r in range(repeats):
+        for k in order[r % len(order):] + order[:r % len(order)]:
+            fn, sync = contenders[k]
+            time.sleep(settle)  # let the last contender's spinning BLAS/OpenMP threads idle
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            sync()
+            times[k].append(time.perf_counter() - t0)
+        if after_round:
+            after_round()
+    return times
+
+
 def bench(cfg, args, backend, threads) -> dict:
     """Time the contenders interleaved; words/s (median and best of the rounds) and RSS."""
     import numpy as np
@@ -271,23 +297,9 @@ def bench(cfg, args, backend, threads) -> dict:
         t, torch_reason = torch_step(cfg, args.device, args.dtype, threads)
         if t:
             steps["torch"] = t
-    for fn, sy in steps.values():
-        for _ in range(args.warmup):
-            fn()
-        sy()
-    times = {k: [] for k in steps}
     rss = []
-    order = list(steps)
-    for r in range(args.repeats):
-        for k in order[r % len(order):] + order[:r % len(order)]:
-            fn, sy = steps[k]
-            time.sleep(args.settle)  # let the last contender's spinning BLAS/OpenMP threads idle
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                fn()
-            sy()
-            times[k].append(time.perf_counter() - t0)
-        rss.append(round(rss_mib(), 1))
+    times = interleaved(steps, args.repeats, args.steps, args.settle, args.warmup,
+                        after_round=lambda: rss.append(round(rss_mib(), 1)))
     words = cfg.batch_size * cfg.num_steps * args.steps
     med = {k: words / statistics.median(times[k]) if k in times else None for k in NAMES}
     best = {k: words / min(times[k]) if k in times else None for k in NAMES}

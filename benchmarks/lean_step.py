@@ -35,7 +35,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -190,18 +189,12 @@ def main(argv=None) -> int:
     train, _ = bench.ours(cfg, CPU, dtype)
     contenders = {"floor": bench.gemm_floor(cfg, np, dtype), "lean": lean_step(cfg, dtype),
                   "ours": train}
-    for f in contenders.values():                     # warm-up: pages, caches, BLAS threads
-        f(), f()
-    times = {k: [] for k in contenders}
-    order = list(contenders)
-    for rep in range(args.repeats):
-        for k in order[rep % len(order):] + order[:rep % len(order)]:
-            time.sleep(0.05)                          # let OpenBLAS's spinning workers idle
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                contenders[k]()
-            times[k].append(1e3 * (time.perf_counter() - t0) / args.steps)
+    nosync = lambda: None  # noqa: E731  (the CPU: every call returns when done)
+    times = bench.interleaved({k: (f, nosync) for k, f in contenders.items()},
+                              args.repeats, args.steps, settle=0.05, warmup=2)
+    times = {k: [1e3 * t / args.steps for t in v] for k, v in times.items()}  # ms a step
     ms = {k: statistics.median(v) for k, v in times.items()}
+    order = list(contenders)
     blas = blas_info()
     res = {"config": args.config, "steps": args.steps, "repeats": args.repeats,
            "step_ms": ms, "lean_vs_floor": ms["floor"] / ms["lean"],

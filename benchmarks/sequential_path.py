@@ -44,7 +44,6 @@ import json
 import shlex
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench.py, beside this script
@@ -181,19 +180,9 @@ def time_row(name, cfg, params, args, backend, dtype) -> dict:
             else (lambda: None))
     fns = {"step": training_step(cfg, params, backend, dtype),
            "sequential": sequential_part(cfg, backend, dtype)}
-    for fn in fns.values():
-        for _ in range(args.warmup):
-            fn()
-        sync()
-    times = {k: [] for k in fns}
-    for r in range(args.repeats):
-        for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):   # alternate the order
-            time.sleep(args.settle)
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                fns[k]()
-            sync()
-            times[k].append((time.perf_counter() - t0) / args.steps)
+    times = bench.interleaved({k: (fn, sync) for k, fn in fns.items()}, args.repeats,
+                              args.steps, args.settle, args.warmup)  # the order alternates
+    times = {k: [t / args.steps for t in v] for k, v in times.items()}   # s a step
     step, seq = (statistics.median(times[k]) for k in ("step", "sequential"))
     L, T, B = cfg.num_layers, cfg.num_steps, cfg.batch_size
     return {"config": name, "num_steps": T, "num_layers": L,
