@@ -107,7 +107,9 @@ def load_models(args, corpus):
         if (vocab is not None and vocab != corpus.vocab) or V != corpus.vocab_size:
             raise ValueError(f"{run}: trained on another vocabulary ({V} words) than the "
                              f"corpus in --data-dir ({corpus.vocab_size} words)")
-        name = Path(run).name if Path(run).is_dir() else Path(run).parent.name
+        cfg = meta["config"]    # the folder's name and the model it holds: two member-0s differ
+        name = (f"{Path(run).name if Path(run).is_dir() else Path(run).parent.name} "
+                f"({cfg['num_layers']} x {cfg['hidden_size']}, dropout {cfg['dropout']:g})")
         names = [m[0] for m in models]
         if name in names:
             name = f"{name} ({sum(n.startswith(name) for n in names) + 1})"

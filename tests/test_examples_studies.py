@@ -154,7 +154,7 @@ def test_gradient_path_study_on_a_toy_corpus(toy_data, tmp_path, capsys):
     assert result["command"].startswith("python examples/gradient_path.py --data-dir ")
     assert (result["windows"], result["num_steps"], result["batch_size"]) == (3, 30, 4)
     untrained, run = result["models"]
-    assert untrained["name"] == "untrained (small init)" and run["name"] == "toyrun"
+    assert untrained["name"] == "untrained (small init)" and run["name"] == "toyrun (1 x 6, dropout 0)"
     assert untrained["config"]["hidden_size"] == 8 and untrained["config"]["init_scale"] == 0.1
     assert run["config"] == config.to_dict()
     small = z.init_params(V, 8, 2, 0.1, seed=0, dtype=np.float64)  # the small preset's init
