@@ -9,7 +9,8 @@
 # or cupy-cuda13x) and pytest; the package is used from this working tree, not installed.
 # The Python is $PYTHON, else python3. In order:
 #
-#   1. pytest -m gpu                       CuPy against NumPy on a device (tests/)
+#   1. pytest -m gpu                       CuPy against NumPy on a device (tests/);
+#                                          a DeprecationWarning fails it
 #   2. bench.py --device gpu, small        ours vs PyTorch (cuDNN), interleaved in one run
 #   3. bench.py --device gpu, medium
 #   4. bench.py --device gpu, large
@@ -50,7 +51,7 @@ while [ $# -gt 0 ]; do
         --data-dir) [ $# -ge 2 ] || usage; DATA="$2"; shift 2 ;;
         --out) [ $# -ge 2 ] || usage; OUT="$2"; shift 2 ;;
         --dry-run) DRY=1; shift ;;
-        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
         *) echo "gpu_check.sh: unknown argument $1" >&2; usage ;;
     esac
 done
@@ -126,7 +127,8 @@ if [ "$DRY" = 1 ]; then   # no device: the GPU tests are collected (they import)
     run 1_pytest_gpu "$LIMIT_PYTEST" env -u CI "$PY" -m pytest -q -m gpu -p no:cacheprovider \
         --collect-only
 else
-    run 1_pytest_gpu "$LIMIT_PYTEST" "$PY" -m pytest -q -m gpu -p no:cacheprovider
+    run 1_pytest_gpu "$LIMIT_PYTEST" "$PY" -m pytest -q -m gpu -p no:cacheprovider \
+        -W error::DeprecationWarning           # a deprecated CuPy call fails the check
 fi
 for preset in small medium large; do
     run "2_bench_$preset" "$LIMIT_BENCH" "$PY" benchmarks/bench.py --config "$preset" \
@@ -193,8 +195,11 @@ for line in (out / "parts.tsv").read_text().splitlines():
             result = (f"{len(epochs)} epochs, valid {epochs[-1]['valid_ppl']:.2f}, "
                       f"test {test[-1]:.2f}, " if test else
                       f"{len(epochs)} epochs, valid {epochs[-1]['valid_ppl']:.2f}, no test, ")
-            result += (f"{wps:,.0f} train w/s, wall {int(seconds) / len(epochs):.1f} s per "
-                       "epoch (with validation and the test pass)")
+            # the part's wall time covers every step run, a stopped epoch's too: divide by
+            # the epochs' worth of steps (recs[-1] is the last row: test or interrupted)
+            run_epochs = recs[-1]["step"] / epochs[0]["step"]
+            result += (f"{wps:,.0f} train w/s, wall {int(seconds) / run_epochs:.1f} s per "
+                       f"epoch over {run_epochs:.2f} epochs (with validation and the test pass)")
     failed |= rc != 0
     rows.append(f"| {name} | {status} | {seconds} | {limit} | {result} |")
 print("\n## gpu_check summary\n")

@@ -23,7 +23,7 @@ arithmetic. That NVRTC accepts the text as CuPy assembles it is tested apart, wi
 own code generator and CUDA's compiler (``tests/test_nvrtc.py``), and that this double
 offers only what the real cupy has, as the real cupy has it, in ``tests/test_fake_cupy.py``.
 
-:func:`make_fake_cupy` returns ``cupy`` and ``cupyx`` modules whose arrays are
+:func:`make_fake_cupy` returns a ``cupy`` module whose arrays are
 :class:`ndarray`, a device array of its own type that keeps CuPy's host/device boundary
 (each rule below cites where CuPy enforces it, in CuPy 14.2.0's source):
 
@@ -548,10 +548,13 @@ class ndarray:  # noqa: N801  (cupy's name)
             HOST_TO_DEVICE.append(f"value {value.shape} assigned through an index array")
         self._a[idx] = value._a if isinstance(value, ndarray) else value
 
-    def scatter_add(self, slices, value):
-        """cupyx.scatter_add(a, ...) calls this (cupyx/_scatter.py)."""
+    def _scatter_op(self, slices, value, op):
+        """``cupy.add.at(a, ...)`` calls this on ``a`` (cupy/_core/_kernel.pyx,
+        ``ufunc.at``); a host ``value`` is copied over; repeated indices accumulate."""
+        if op != "add":
+            raise NotImplementedError(f"the double's _scatter_op does 'add' only, not {op!r}")
         if isinstance(value, np.ndarray):
-            HOST_TO_DEVICE.append(f"scatter_add value {value.shape}")   # copied over
+            HOST_TO_DEVICE.append(f"add.at value {value.shape}")   # copied over
         value = value._a if isinstance(value, ndarray) else value
         np.add.at(self._a, _device_index(slices), value)
 
@@ -678,10 +681,13 @@ def get_current_stream(device_id=-1):
     return FakeStream()
 
 
-def scatter_add(a, slices, value):
-    """cupyx.scatter_add: ``a.scatter_add(slices, value)`` (cupyx/_scatter.py), so ``a``
-    must be a device array; repeated indices accumulate."""
-    a.scatter_add(slices, value)
+class AddUfunc:
+    """``cupy.add``, of which zaremba_ref uses ``at`` alone (the embedding gradient)."""
+
+    def at(self, a, indices, b=None):
+        """cupy.add.at: ``a._scatter_op(indices, b, 'add')`` (cupy/_core/_kernel.pyx,
+        ``ufunc.at``), so ``a`` must be a device array; repeated indices accumulate."""
+        a._scatter_op(indices, b, "add")
 
 
 MODULE_FUNCTIONS = {f.__name__: f for f in (asarray, array, empty, empty_like, zeros,
@@ -690,11 +696,12 @@ MODULE_FUNCTIONS = {f.__name__: f for f in (asarray, array, empty, empty_like, z
 CUDA_FUNCTIONS = {"get_current_stream": get_current_stream}   # cupy.cuda.<name>
 STREAM_METHODS = ("synchronize",)
 UFUNCS = {name: _ufunc(getattr(np, name)) for name in ("exp", "log", "isfinite", "tanh")}
-CUPYX_FUNCTIONS = {"scatter_add": scatter_add}
+UFUNC_METHODS = {"add": AddUfunc}           # cupy.<name>, for its methods alone
 GENERATOR_METHODS = ("random",)
 # The ndarray methods and attributes zaremba_ref uses (the double offers no other public one)
 NDARRAY_METHODS = ("get", "reshape", "transpose", "ravel", "copy", "astype", "fill", "max",
-                   "min", "sum", "mean", "all", "scatter_add")
+                   "min", "sum", "mean", "all")
+NDARRAY_PRIVATE = ("_scatter_op",)          # what CuPy's own functions call on an array
 NDARRAY_ATTRIBUTES = ("shape", "dtype", "size", "ndim", "strides", "itemsize", "nbytes",
                       "flags", "T")
 DTYPES = ("dtype", "float32", "float64", "int32", "int64")
@@ -723,7 +730,7 @@ class FakeGenerator:
 
 
 def make_fake_cupy(builder: Builder, device_count: int | Exception = 1):
-    """``(cupy, cupyx)`` stand-ins: device arrays that keep CuPy's host/device boundary,
+    """A ``cupy`` stand-in: device arrays that keep CuPy's host/device boundary,
     CPU-compiled ElementwiseKernels.
 
     ``device_count``: what ``cupy.cuda.runtime.getDeviceCount()`` returns, or an
@@ -741,6 +748,8 @@ def make_fake_cupy(builder: Builder, device_count: int | Exception = 1):
         setattr(cupy, name, getattr(np, name))
     for name, fn in {**MODULE_FUNCTIONS, **UFUNCS}.items():
         setattr(cupy, name, fn)
+    for name, cls in UFUNC_METHODS.items():
+        setattr(cupy, name, cls())
     cupy.random = types.SimpleNamespace(default_rng=FakeGenerator)
 
     def get_device_count() -> int:
@@ -765,8 +774,5 @@ def make_fake_cupy(builder: Builder, device_count: int | Exception = 1):
 
     cupy.__getattr__ = missing
 
-    cupyx = types.ModuleType("cupyx")
-    cupyx.scatter_add = scatter_add
-    cupyx.__getattr__ = missing
-    return cupy, cupyx
+    return cupy
 

@@ -251,9 +251,8 @@ def test_the_sequential_path_gpu_path_keeps_the_boundary(builder, monkeypatch):
     from zaremba_ref.config import PRESETS
     from zaremba_ref.cuda_backend import make_gpu_backend
     from zaremba_ref.model import init_params
-    cupy, cupyx = make_fake_cupy(builder)
+    cupy = make_fake_cupy(builder)
     monkeypatch.setitem(sys.modules, "cupy", cupy)
-    monkeypatch.setitem(sys.modules, "cupyx", cupyx)
     seq = load_script(SEQ_SCRIPT)
     args = seq.parse_args(["--quick", "--device", "gpu", "--repeats", "1", "--settle", "0"])
     gpu = make_gpu_backend()

@@ -265,9 +265,8 @@ def gpu(builder, monkeypatch):
 
     from fake_cupy import make_fake_cupy
     from zaremba_ref.cuda_backend import make_gpu_backend
-    cupy, cupyx = make_fake_cupy(builder)
+    cupy = make_fake_cupy(builder)
     monkeypatch.setitem(sys.modules, "cupy", cupy)
-    monkeypatch.setitem(sys.modules, "cupyx", cupyx)
     return make_gpu_backend()
 
 

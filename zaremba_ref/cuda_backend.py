@@ -39,7 +39,6 @@ def make_gpu_backend() -> Backend:
     """Build the GPU backend, or raise BackendUnavailable saying why and what to do."""
     try:
         import cupy
-        import cupyx
     except ImportError as e:
         if importlib.util.find_spec("cupy") is None:
             raise BackendUnavailable(f"--device gpu needs cupy, which is not installed: "
@@ -85,5 +84,5 @@ def make_gpu_backend() -> Backend:
         dropout=dropout,
         softmax_cross_entropy_grad=softmax_cross_entropy_grad,
         sgd_update=sgd_update,
-        scatter_add=cupyx.scatter_add,
+        scatter_add=cupy.add.at,   # numpy.add.at's twin (cupyx.scatter_add: deprecated in 14)
     )
