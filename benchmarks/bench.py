@@ -317,9 +317,10 @@ def bench(cfg, args, backend, threads) -> dict:
             "rss_after_round_mib": rss, "peak_rss_mib": round(peak_rss_mib(), 1)}
 
 
-def machine(threads) -> dict:
+def machine(threads, backend=None) -> dict:
+    """The host (CPU, NumPy, BLAS) and, for a GPU backend, the device ("gpu")."""
     import numpy as np
-    from zaremba_ref.machine import blas_info, numpy_simd
+    from zaremba_ref.machine import blas_info, cuda_device, numpy_simd
     try:                            # without importing torch (its RSS would count)
         tv = importlib.metadata.version("torch")
     except importlib.metadata.PackageNotFoundError:
@@ -327,7 +328,8 @@ def machine(threads) -> dict:
     return {"platform": platform.platform(), "processor": platform.processor() or None,
             "python": platform.python_version(), "cpu_count": os.cpu_count(),
             "threads": threads, "numpy_version": np.__version__, "numpy_simd": numpy_simd(),
-            "blas": blas_info(), "torch_version": tv}
+            "blas": blas_info(), "torch_version": tv,
+            "gpu": cuda_device(backend.xp) if backend and backend.name == "gpu" else None}
 
 
 def table(res, cfg, args) -> str:
@@ -340,7 +342,9 @@ def table(res, cfg, args) -> str:
     lines = [f"zaremba_ref bench: {args.config} L={cfg.num_layers} H={cfg.hidden_size} "
              f"T={cfg.num_steps} B={cfg.batch_size} V={cfg.vocab_size} dropout={cfg.dropout} "
              f"{args.dtype} {args.device}, {res['threads']} threads, BLAS "
-             f"{res['blas']['library']} {res['blas']['version']} kernel {res['blas']['kernel']}",
+             f"{res['blas']['library']} {res['blas']['version']} kernel {res['blas']['kernel']}"
+             + (f", GPU {res['gpu']['name']} (CUDA {res['gpu']['cuda_runtime']})"
+                if res.get("gpu") else ""),
              f"{args.repeats} rounds x {args.steps} steps, interleaved, warmup {args.warmup}; "
              "median over rounds",
              f"{'':12}{'words/s':>12}{'ms/step':>10}{'vs floor':>10}{'vs torch':>10}"]
@@ -364,7 +368,7 @@ def run_one(cfg, args, backend, threads) -> dict:
            "hidden_size": cfg.hidden_size, "batch_size": cfg.batch_size,
            "vocab_size": cfg.vocab_size, "dropout": cfg.dropout, "steps": args.steps,
            "repeats": args.repeats, "warmup": args.warmup, "statistic": "median"}
-    res.update(machine(threads))
+    res.update(machine(threads, backend))
     res.update(bench(cfg, args, backend, threads))
     return res
 

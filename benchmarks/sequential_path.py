@@ -33,7 +33,7 @@ and reports the median of the rounds, per row:
                            however long the window (for comparison)
 
 The batch is the preset's (20). Writes ``--out-json`` (``{"rows": [...], "machine":
-{...}, "command": ...}``, the BLAS and its kernel in "machine") and ``--out-png``
+{...}, "command": ...}``, the BLAS and its kernel, and the GPU, in "machine") and ``--out-png``
 (needs matplotlib). ``--quick``: tiny sizes, for a smoke test.
 """
 
@@ -292,15 +292,16 @@ def main(argv=None) -> int:
             print(f"{name} T={T}: step {row['step_ms']:.2f} ms, sequential "
                   f"{row['sequential_ms']:.2f} ms (s = {row['sequential_fraction']:.3f})",
                   file=sys.stderr)
-    machine = bench.machine(threads)
+    machine = bench.machine(threads, backend)
     out = {"rows": rows, "machine": machine,
            "settings": {"device": args.device, "dtype": args.dtype, "repeats": args.repeats,
                         "steps": args.steps, "warmup": args.warmup, "settle": args.settle,
                         "quick": args.quick, "statistic": "median"},
            "command": shlex.join(["python", "benchmarks/sequential_path.py", *argv])}
-    blas = machine["blas"]
-    title = (f"{args.device}, {args.dtype}, {threads} threads, BLAS {blas['library']} "
-             f"{blas['version']} ({blas['kernel']}); median of {args.repeats} rounds")
+    blas, gpu = machine["blas"], machine["gpu"]
+    where = (f"GPU {gpu['name']} (CUDA {gpu['cuda_runtime']})" if gpu else
+             f"{threads} threads, BLAS {blas['library']} {blas['version']} ({blas['kernel']})")
+    title = f"{args.device}, {args.dtype}, {where}; median of {args.repeats} rounds"
     print(f"One training step and its sequential part, {title}\n")
     print(table(rows))
     path = Path(args.out_json)

@@ -694,6 +694,13 @@ MODULE_FUNCTIONS = {f.__name__: f for f in (asarray, array, empty, empty_like, z
                                             zeros_like, ones, arange, vdot, matmul,
                                             broadcast_to)}
 CUDA_FUNCTIONS = {"get_current_stream": get_current_stream}   # cupy.cuda.<name>
+# cupy.cuda.runtime.<name>, getDeviceCount aside (make_fake_cupy's device_count): the
+# device that benchmarks/bench.py records (zaremba_ref.machine.cuda_device)
+RUNTIME_FUNCTIONS = {
+    "getDevice": lambda: 0,
+    "getDeviceProperties": lambda device: {"name": b"fake GPU (tests/fake_cupy.py)",
+                                           "major": 9, "minor": 0, "totalGlobalMem": 2**34},
+    "runtimeGetVersion": lambda: 13000}
 STREAM_METHODS = ("synchronize",)
 UFUNCS = {name: _ufunc(getattr(np, name)) for name in ("exp", "log", "isfinite", "tanh")}
 UFUNC_METHODS = {"add": AddUfunc}           # cupy.<name>, for its methods alone
@@ -758,7 +765,8 @@ def make_fake_cupy(builder: Builder, device_count: int | Exception = 1):
         return device_count
 
     cupy.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(
-        getDeviceCount=get_device_count), **CUDA_FUNCTIONS)
+        getDeviceCount=get_device_count, **RUNTIME_FUNCTIONS), **CUDA_FUNCTIONS)
+    cupy.__version__ = "0+fake"
     cupy.kernels = []
 
     def elementwise_kernel(*args, **kwargs) -> CpuElementwiseKernel:

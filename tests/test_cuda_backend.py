@@ -254,6 +254,14 @@ def test_the_benchmark_gpu_path_keeps_the_boundary(fake_cupy):
     res = bench.bench(cfg, args, make_gpu_backend(), threads=1)
     assert res["words_per_sec"] > 0 and res["gemm_floor_words_per_sec"] > 0
     assert fake_cupy.host_to_device == []
+    # the device is recorded beside the host (the JSON's "gpu", the table's first line)
+    res.update(bench.machine(1, make_gpu_backend()))
+    assert res["gpu"] == {"name": "fake GPU (tests/fake_cupy.py)", "compute_capability": "9.0",
+                          "memory_gib": 16.0, "cuda_runtime": 13000, "cupy": "0+fake"}
+    res.update(config="medium", dtype="float32", peak_rss_mib=1, rss_after_round_mib=[1])
+    head = bench.table(res, cfg, args).splitlines()[0]
+    assert head.endswith(", GPU fake GPU (tests/fake_cupy.py) (CUDA 13000)"), head
+    assert bench.machine(1, CPU)["gpu"] is None
 
 
 # -- the errors: one line, what to install or check ---------------------------------------
@@ -334,6 +342,25 @@ def test_cli_exits_2_with_one_line(builder, monkeypatch, capsys, tmp_path, cause
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_benchmarks_name_the_device():
+    """benchmarks/bench.py's machine record on a real device: CuPy's own answer for
+    the current device, as the double (above) only imitates it."""
+    import importlib.util
+    from conftest import REPO
+    cupy = require_cuda_device()
+    spec = importlib.util.spec_from_file_location("bench", REPO / "benchmarks" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    gpu = bench.machine(1, get_backend("gpu"))["gpu"]
+    props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+    assert gpu["name"] == props["name"].decode() and gpu["name"]
+    assert gpu["memory_gib"] > 0 and gpu["cuda_runtime"] >= 11000
+    major, minor = (int(v) for v in gpu["compute_capability"].split("."))
+    assert f"{major}{minor}" == cupy.cuda.Device().compute_capability   # e.g. "90"
+    assert gpu["cupy"] == cupy.__version__
 
 
 @pytest.mark.gpu

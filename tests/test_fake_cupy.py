@@ -168,6 +168,12 @@ def test_dtypes_ndarray_and_runtime_exist_in_cupy(real, double):
         assert getattr(cupy, name) is getattr(np, name), f"cupy.{name} is not numpy's"
     assert isinstance(cupy.ndarray, type)
     assert callable(cupy.cuda.runtime.getDeviceCount)
+    assert set(vars(sys.modules["cupy"].cuda.runtime)) == {"getDeviceCount"} | set(
+        fc.RUNTIME_FUNCTIONS)
+    for name, fake in fc.RUNTIME_FUNCTIONS.items():      # Cython: the names, the arity
+        assert incompatibilities(fake, getattr(cupy.cuda.runtime, name)) == [], \
+            f"cupy.cuda.runtime.{name}"
+    assert isinstance(cupy.__version__, str)
     assert set(vars(sys.modules["cupy"].cuda)) == {"runtime"} | set(fc.CUDA_FUNCTIONS)
     for name, fake in fc.CUDA_FUNCTIONS.items():
         assert incompatibilities(fake, getattr(cupy.cuda, name)) == [], f"cupy.cuda.{name}"

@@ -12,9 +12,9 @@ instructions ran in the same order. Between machines that is decided by
 * the C library (``libc``), whose ``tanh`` serves where NumPy has no SIMD loop.
 
 :func:`fingerprint` gathers them (the pins of ``tests/test_pin.py`` record it);
-:func:`blas_info` reports the BLAS (the benchmarks record it); :func:`forced_kernel_note`
-is the one line ``train`` and ``bench`` print when OpenBLAS has been forced onto a
-kernel below the CPU's own. numpy-only: threadpoolctl is used where installed, else
+:func:`blas_info` reports the BLAS and :func:`cuda_device` the GPU (the benchmarks record
+them); :func:`forced_kernel_note` is the one line ``train`` and ``bench`` print when
+OpenBLAS has been forced onto a kernel below the CPU's own. numpy-only: threadpoolctl is used where installed, else
 the OpenBLAS library NumPy loaded is asked directly (ctypes). Nothing here sets or
 unsets an environment variable.
 """
@@ -126,6 +126,18 @@ def fingerprint() -> dict[str, Any]:
             "numpy": np.__version__, "numpy_simd": numpy_simd(),
             "blas": blas["library"], "blas_version": blas["version"],
             "blas_kernel": blas["kernel"]}
+
+
+def cuda_device(cupy: Any) -> dict[str, Any]:
+    """The GPU a CuPy run computes on (CuPy's current device): its name, compute
+    capability and memory, and the CUDA runtime's and CuPy's versions, asked of
+    ``cupy.cuda.runtime``; the GPU's counterpart of :func:`blas_info` for the benchmarks."""
+    runtime = cupy.cuda.runtime
+    props = runtime.getDeviceProperties(runtime.getDevice())
+    return {"name": props["name"].decode(),
+            "compute_capability": f"{props['major']}.{props['minor']}",
+            "memory_gib": round(props["totalGlobalMem"] / 2**30, 1),
+            "cuda_runtime": runtime.runtimeGetVersion(), "cupy": cupy.__version__}
 
 
 @functools.lru_cache(maxsize=None)
