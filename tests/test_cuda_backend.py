@@ -238,16 +238,22 @@ def test_the_kernels_get_only_arguments_test_nvrtc_compiles(fake_cupy, dtype):
     assert check_kinds_are_compiled_by_test_nvrtc(fake_cupy.kernels) >= len(kernels.CUDA_KERNELS)
 
 
+def load_bench():
+    """benchmarks/bench.py as a module (a script, not in the package)."""
+    import importlib.util
+    from conftest import REPO
+    spec = importlib.util.spec_from_file_location("bench", REPO / "benchmarks" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
 def test_the_benchmark_gpu_path_keeps_the_boundary(fake_cupy):
     """benchmarks/bench.py --device gpu (a part of gpu_check.sh) under the double: its
     GEMM floor (matmul into preallocated outputs), the stream synchronisation, our train
     and eval steps on device windows."""
-    import importlib.util
-    from conftest import REPO
     from zaremba_ref.config import PRESETS
-    spec = importlib.util.spec_from_file_location("bench", REPO / "benchmarks" / "bench.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench()
     args = bench.parse_args(["--device", "gpu", "--steps", "1", "--repeats", "1",
                              "--warmup", "1", "--settle", "0", "--no-torch"])
     cfg = PRESETS["medium"].replace(hidden_size=8, num_steps=3, batch_size=2, vocab_size=30)
@@ -348,12 +354,8 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
 def test_on_a_gpu_the_benchmarks_name_the_device():
     """benchmarks/bench.py's machine record on a real device: CuPy's own answer for
     the current device, as the double (above) only imitates it."""
-    import importlib.util
-    from conftest import REPO
     cupy = require_cuda_device()
-    spec = importlib.util.spec_from_file_location("bench", REPO / "benchmarks" / "bench.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench()
     gpu = bench.machine(1, get_backend("gpu"))["gpu"]
     props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
     assert gpu["name"] == props["name"].decode() and gpu["name"]
