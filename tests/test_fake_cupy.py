@@ -32,7 +32,7 @@ KIND = inspect.Parameter
 
 
 @pytest.fixture(scope="module")
-def real():
+def cupy():
     """The real ``cupy``; a skip (a failure under CI=true) without it."""
     try:
         import cupy
@@ -155,15 +155,13 @@ def test_every_name_the_double_offers_is_listed_and_checked(double):
 
 
 @pytest.mark.parametrize("name", sorted(fc.MODULE_FUNCTIONS) + sorted(fc.UFUNCS))
-def test_module_functions_exist_in_cupy_with_compatible_signatures(real, name):
-    cupy = real
+def test_module_functions_exist_in_cupy_with_compatible_signatures(cupy, name):
     assert hasattr(cupy, name), f"cupy has no {name!r}"
     fake = {**fc.MODULE_FUNCTIONS, **fc.UFUNCS}[name]
     assert incompatibilities(fake, getattr(cupy, name)) == [], name
 
 
-def test_dtypes_ndarray_and_runtime_exist_in_cupy(real, double):
-    cupy = real
+def test_dtypes_ndarray_and_runtime_exist_in_cupy(cupy, double):
     for name in fc.DTYPES:
         assert getattr(cupy, name) is getattr(np, name), f"cupy.{name} is not numpy's"
     assert isinstance(cupy.ndarray, type)
@@ -185,22 +183,19 @@ def test_dtypes_ndarray_and_runtime_exist_in_cupy(real, double):
 
 
 @pytest.mark.parametrize("name", fc.NDARRAY_METHODS)
-def test_ndarray_methods_exist_in_cupy_with_compatible_signatures(real, name):
-    cupy = real
+def test_ndarray_methods_exist_in_cupy_with_compatible_signatures(cupy, name):
     assert callable(getattr(cupy.ndarray, name, None)), f"cupy.ndarray has no {name!r}"
     assert incompatibilities(getattr(fc.ndarray, name), getattr(cupy.ndarray, name)) == [], \
         name
 
 
 @pytest.mark.parametrize("name", fc.NDARRAY_ATTRIBUTES)
-def test_ndarray_attributes_exist_in_cupy(real, name):
-    cupy = real
+def test_ndarray_attributes_exist_in_cupy(cupy, name):
     assert hasattr(cupy.ndarray, name), f"cupy.ndarray has no {name!r}"
     assert not callable(getattr(cupy.ndarray, name)), f"cupy.ndarray.{name} is a method"
 
 
-def test_ufunc_methods_and_the_generator_match_cupy(real):
-    cupy = real
+def test_ufunc_methods_and_the_generator_match_cupy(cupy):
     for name, cls in fc.UFUNC_METHODS.items():
         for method in public(cls):
             assert incompatibilities(getattr(cls(), method),
@@ -243,8 +238,7 @@ def parsed(params) -> list[tuple]:
 
 
 @pytest.mark.parametrize("name", SPECS)
-def test_cupy_parses_each_kernel_spec_as_the_double_does(real, name):
-    cupy = real
+def test_cupy_parses_each_kernel_spec_as_the_double_does(cupy, name):
     spec = kernels.CUDA_KERNELS[name]
     theirs = cupy.ElementwiseKernel(*spec, preamble=CUDA_PREAMBLE)
     ours = fc.parse_params(spec.in_params, True) + fc.parse_params(spec.out_params, False)
@@ -266,12 +260,11 @@ class Recorder:
 
 
 @pytest.mark.parametrize("name", SPECS)
-def test_each_wrapper_passes_its_arguments_in_cupys_parameter_order(real, double, name):
+def test_each_wrapper_passes_its_arguments_in_cupys_parameter_order(cupy, double, name):
     """Call each GPU wrapper with distinct arrays named as the NumPy twin names them; the
     argument at position k must be the one CuPy parsed as parameter k (H and V: the
     sizes the kernel bodies use)."""
     from zaremba_ref.cuda_backend import make_gpu_backend
-    cupy = real
     recorders = []
     double.ElementwiseKernel = lambda *a, **k: recorders.append(Recorder(*a, **k)) \
         or recorders[-1]
