@@ -5,6 +5,7 @@ real small filesystem to fill up or make read-only."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -49,6 +50,17 @@ def write_toy_corpus(root: Path, words_per_split=(6000, 1500, 1500), vocab: int 
         out.append(" " + " ".join(line) + " ")
         (root / f"ptb.{split}.txt").write_text("\n".join(out) + "\n")
     return root
+
+
+def load_script(path: Path):
+    """A script that is not in the package (benchmarks/*.py, examples/*.py) as a module,
+    registered in ``sys.modules`` under its file name as an import would be (dataclasses
+    defined in it look their module up there)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def skip_or_fail(reason: str) -> NoReturn:

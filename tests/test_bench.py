@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import import_torch, write_toy_corpus
+from conftest import import_torch, load_script, write_toy_corpus
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
 TINY = ["--config", "small", "--hidden-size", "16", "--num-steps", "5", "--batch-size", "4",
@@ -166,13 +166,6 @@ def test_gpu_check_usage_errors_exit_2(tmp_path):
 SEQ_SCRIPT = SCRIPT.with_name("sequential_path.py")
 SEQ_KEYS = {"config", "num_steps", "step_ms", "sequential_ms", "sequential_fraction",
             "amdahl_bound", "words_per_sec", "critical_path_cell_steps", "transformer_layers"}
-
-
-def load_script(path: Path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_sequential_path_quick(tmp_path):

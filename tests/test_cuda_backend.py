@@ -28,7 +28,8 @@ from zaremba_ref.cuda_backend import make_gpu_backend
 from zaremba_ref.optim import sgd_step
 from zaremba_ref.train import train
 
-from conftest import assert_train_steps_match, require_cuda_device, skip_or_fail
+from conftest import (REPO, assert_train_steps_match, load_script, require_cuda_device,
+                      skip_or_fail)
 from fake_cupy import make_fake_cupy
 
 KERNELS = ("lstm_cell_forward", "lstm_cell_backward", "dropout", "softmax_cross_entropy_grad",
@@ -238,22 +239,12 @@ def test_the_kernels_get_only_arguments_test_nvrtc_compiles(fake_cupy, dtype):
     assert check_kinds_are_compiled_by_test_nvrtc(fake_cupy.kernels) >= len(kernels.CUDA_KERNELS)
 
 
-def load_bench():
-    """benchmarks/bench.py as a module (a script, not in the package)."""
-    import importlib.util
-    from conftest import REPO
-    spec = importlib.util.spec_from_file_location("bench", REPO / "benchmarks" / "bench.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
-
-
 def test_the_benchmark_gpu_path_keeps_the_boundary(fake_cupy):
     """benchmarks/bench.py --device gpu (a part of gpu_check.sh) under the double: its
     GEMM floor (matmul into preallocated outputs), the stream synchronisation, our train
     and eval steps on device windows."""
     from zaremba_ref.config import PRESETS
-    bench = load_bench()
+    bench = load_script(REPO / "benchmarks" / "bench.py")
     args = bench.parse_args(["--device", "gpu", "--steps", "1", "--repeats", "1",
                              "--warmup", "1", "--settle", "0", "--no-torch"])
     cfg = PRESETS["medium"].replace(hidden_size=8, num_steps=3, batch_size=2, vocab_size=30)
@@ -355,7 +346,7 @@ def test_on_a_gpu_the_benchmarks_name_the_device():
     """benchmarks/bench.py's machine record on a real device: CuPy's own answer for
     the current device, as the double (above) only imitates it."""
     cupy = require_cuda_device()
-    bench = load_bench()
+    bench = load_script(REPO / "benchmarks" / "bench.py")
     gpu = bench.machine(1, get_backend("gpu"))["gpu"]
     props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
     assert gpu["name"] == props["name"].decode() and gpu["name"]

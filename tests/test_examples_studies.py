@@ -5,20 +5,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, import_torch
+from conftest import REPO, import_torch, load_script
 
 
 def load_example(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "examples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "examples" / f"{name}.py")
 
 
 TINY = ["--hidden-size", "16", "--epochs", "2", "--max-steps-per-epoch", "20",
