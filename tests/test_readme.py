@@ -4,6 +4,7 @@ tests/test_docs.py."""
 
 from __future__ import annotations
 
+import json
 import re
 
 from conftest import REPO
@@ -45,40 +46,39 @@ def table_rows(page: str) -> dict[str, list[str]]:
              for line in (REPO / page).read_text().splitlines() if line.startswith("| "))}
 
 
-def test_table_1s_single_model_rows_are_what_their_runs_wrote():
-    """Each single-model row with figures shows, to two decimals, the last validation
-    row's valid and the test row's test perplexity of its committed metrics file (the
-    valid may carry the Torch formula's figure after it, in brackets); a row without its
-    file says it is running, not run or blocked, in both columns."""
-    import json
+def measured_rows(files: dict[str, str]):
+    """(page, row, valid cell, test cell, file) for each row of ``files`` on each page
+    whose file is committed; a row without its file must say running, not run or blocked
+    in both columns."""
     for page in PAGES:
         rows = table_rows(page)
-        for name, file in SINGLE_ROWS.items():
+        for name, file in files.items():
             valid, test = rows[name][3], rows[name][4]
             path = REPO / "docs" / "results" / file
             if not path.exists():
                 assert valid == test and valid in NOT_MEASURED, (page, name, valid, test)
                 continue
-            records = [json.loads(line) for line in path.read_text().splitlines()]
-            last_valid = [r for r in records if "valid_ppl" in r][-1]["valid_ppl"]
-            last_test = [r for r in records if "test_ppl" in r][-1]["test_ppl"]
-            assert valid.split(" (")[0] == f"**{last_valid:.2f}**", (page, name, valid)
-            assert test == f"**{last_test:.2f}**", (page, name, test)
+            yield page, name, valid, test, path
+
+
+def test_table_1s_single_model_rows_are_what_their_runs_wrote():
+    """Each single-model row with figures shows, to two decimals, the last validation
+    row's valid and the test row's test perplexity of its committed metrics file (the
+    valid may carry the Torch formula's figure after it, in brackets); a row without its
+    file says it is running, not run or blocked, in both columns."""
+    for page, name, valid, test, path in measured_rows(SINGLE_ROWS):
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        last_valid = [r for r in records if "valid_ppl" in r][-1]["valid_ppl"]
+        last_test = [r for r in records if "test_ppl" in r][-1]["test_ppl"]
+        assert valid.split(" (")[0] == f"**{last_valid:.2f}**", (page, name, valid)
+        assert test == f"**{last_test:.2f}**", (page, name, test)
 
 
 def test_table_1s_averaging_rows_are_what_their_runs_wrote():
     """Each averaging row with figures shows, to two decimals, the valid and test
     perplexity of the average in its committed file, in the README and in results.md;
     a row without its file says it is running, not run or blocked."""
-    import json
-    for page in PAGES:
-        rows = table_rows(page)
-        for name, file in ENSEMBLE_ROWS.items():
-            valid, test = rows[name][3], rows[name][4]
-            path = REPO / "docs" / "results" / file
-            if not path.exists():
-                assert valid == test and valid in NOT_MEASURED, (page, name)
-                continue
-            avg = json.loads(path.read_text())["ensemble"]
-            assert (valid, test) == (f"**{avg['valid_ppl']:.2f}**",
-                                     f"**{avg['test_ppl']:.2f}**"), (page, name)
+    for page, name, valid, test, path in measured_rows(ENSEMBLE_ROWS):
+        avg = json.loads(path.read_text())["ensemble"]
+        assert (valid, test) == (f"**{avg['valid_ppl']:.2f}**",
+                                 f"**{avg['test_ppl']:.2f}**"), (page, name)
